@@ -1,0 +1,90 @@
+"""Hand-computed cases for SPEC §6 (classifier-guided label update)."""
+import numpy as np
+import pytest
+
+from ccdlib.label_update import (calibrate_class_threshold, cam_boxes, cam_to_box, local_pseudo_labels, mix_labels,
+                                 select_classes)
+
+
+def _blob(h=8, w=8, y0=2, y1=5, x0=3, x1=7):
+    cam = np.zeros((h, w), np.float32)
+    cam[y0:y1, x0:x1] = 1.0
+    return cam
+
+
+def test_box_from_known_cam_identity_resolution():
+    cam = _blob()
+    # at the CAM's own resolution bilinear upsampling is the identity
+    assert cam_to_box(cam, resolution=8, threshold=0.95) == (3, 2, 7, 5)
+
+
+def test_box_scales_with_resolution():
+    cam = np.zeros((4, 4), np.float32)
+    cam[1, 2] = 1.0          # a single peak; at 64 px the kept region is centred on the cell (2,1)
+    x0, y0, x1, y1 = cam_to_box(cam, resolution=64, threshold=0.95)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    assert cx == pytest.approx(2.5 * 16, abs=1.0) and cy == pytest.approx(1.5 * 16, abs=1.0)
+    assert x1 - x0 < 16 and y1 - y0 < 16
+
+
+def test_flat_cam_gives_no_box():
+    assert cam_to_box(np.ones((4, 4)), resolution=16) is None
+
+
+def test_raster_rule_differs_from_minmax():
+    # An L shape: first kept pixel in raster order is (x=5, y=1), last is (x=1, y=6).
+    cam = np.zeros((8, 8), np.float32)
+    cam[1, 5] = 1.0
+    cam[4, 7] = 1.0
+    cam[6, 1] = 1.0
+    assert cam_to_box(cam, resolution=8, box_rule="minmax") == (1, 1, 8, 7)
+    assert cam_to_box(cam, resolution=8, box_rule="raster") == (1, 1, 6, 7)
+
+
+def test_crop_geometry_offset_clip_and_scale():
+    cams = np.zeros((1, 2, 8, 8), np.float32)
+    cams[0, 0] = _blob()                 # box (3,2,7,5) on an 8 grid
+    cams[0, 1, 0, 0] = 1.0               # box (0,0,1,1)
+    selected = np.array([[True, True]])
+    views, owner = cam_boxes(cams, selected, [(80, 40)], offset=1, resolution=8)
+    assert owner.tolist() == [[0, 0], [0, 1]]
+    # class 0: (3-1, 2-1, 7+1, 5+1) = (2,1,8,6) on the grid, x scale 10, y scale 5
+    assert views[0].box == pytest.approx((20, 5, 80, 30))
+    # class 1: (-1,-1,2,2) clipped to (0,0,2,2)
+    assert views[1].box == pytest.approx((0, 0, 20, 10))
+
+
+def test_threshold_calibration_walks_up_until_in_bound():
+    rng = np.random.default_rng(0)
+    probs = rng.uniform(0, 0.2, size=(1000, 20))
+    tau = calibrate_class_threshold(probs, tau0=0.05, step=0.001, bound=4, block=100, seed=0)
+    # expected count at tau is 20 * (0.2 - tau) / 0.2; it must lie in (4, 6) => tau in (0.14, 0.16)
+    assert 0.135 < tau < 0.165
+    count = (probs >= tau).sum(1).mean()
+    assert 3.5 < count < 6.5
+
+
+def test_threshold_calibration_stops_when_count_already_low():
+    probs = np.full((200, 10), 0.01)
+    assert calibrate_class_threshold(probs, tau0=0.05) == 0.05
+    assert select_classes(probs, 0.05).sum() == 0
+
+
+def test_local_labels_max_floor_bias():
+    crop_probs = np.array([[0.6, 0.2], [0.3, 0.5], [0.9, 0.01]])
+    crop_images = np.array([0, 0, 2])
+    bias = np.array([0.5, 0.8])
+    y, has = local_pseudo_labels(crop_probs, crop_images, 3, bias, ls=20)
+    np.testing.assert_allclose(y[0], [1.0, 0.5 / 0.8])
+    np.testing.assert_allclose(y[2], [1.0, 0.05 / 0.8])
+    assert has.tolist() == [True, False, True]
+    np.testing.assert_allclose(y[1], [0, 0])
+
+
+def test_ratio_mixing_and_images_without_crops_keep_labels():
+    y_prev = np.array([[0.2, 1.0], [0.4, 0.4]])
+    y_loc = np.array([[1.0, 0.0], [0.9, 0.9]])
+    out = mix_labels(y_prev, y_loc, np.array([True, False]), r=0.2)
+    np.testing.assert_allclose(out[0], [0.2 * 0.2 + 0.8 * 1.0, 0.2 * 1.0])
+    np.testing.assert_allclose(out[1], y_prev[1])
+    np.testing.assert_allclose(mix_labels(y_prev, y_loc, np.array([True, True]), r=1.0), y_prev)
