@@ -3,8 +3,8 @@
 :func:`embed_views` turns ``V`` views into ``(V, D)`` teacher embeddings. Work is split into *chunks* of
 ``chunk_size`` views; each chunk's embeddings are one cache file keyed by the teacher's fingerprint and the
 chunk's views (image file identity + box). A killed run therefore resumes at the first unfinished chunk, and a
-cache entry made with other settings is never reused. Inside a chunk every image is decoded once and all of its
-views are cut from it; views from many images share a batch (never one crop at a time).
+cache entry made with other settings is never reused. Inside a batch every image is decoded once and all of its
+views in that batch are cut from it; views from many images share a batch (never one crop at a time).
 
 Under ``torchrun`` (``WORLD_SIZE > 1`` with an initialised process group) chunks are sharded round-robin over
 ranks and the embeddings are gathered, so every rank returns the full ``(V, D)`` array.

@@ -194,7 +194,7 @@ class OpenCLIPTeacher(Teacher):
         kw = {"force_image_size": image_size} if image_size else {}
         try:
             model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=self.device, **kw)
-        except (RuntimeError, KeyError, ValueError, OSError, EOFError) as e:  # torch.load / state-dict mismatch
+        except Exception as e:  # torch.load (UnpicklingError on non-checkpoints), state-dict mismatch, wrong types
             raise TeacherError(f"could not load {pretrained!r} as an open_clip {arch} checkpoint: "
                                f"{type(e).__name__}: {str(e)[:300]}") from e
         model.eval()
@@ -206,7 +206,7 @@ class OpenCLIPTeacher(Teacher):
         self._mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self._std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
         self.logit_scale = float(logit_scale) if logit_scale else float(model.logit_scale.exp().item())
-        if pretrained is None:  # random weights: identify them by the seed-independent state hash
+        if pretrained is None:  # random weights: identify them by a hash of their first tensor (seed-dependent)
             from .cache import stable_hash
             sd = model.state_dict()
             first = next(iter(sd.values()))
@@ -357,6 +357,9 @@ class ConSETeacher(Teacher):
 def _check_prompts(prompt_names: Sequence[str], templates: Sequence[str]) -> None:
     if not templates:
         raise ConfigError("the template list is empty: give at least one prompt template, e.g. 'a photo of the {}.'")
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise ConfigError(f"prompt templates need a '{{}}' placeholder for the class name: {bad}")
     missing = [i for i, p in enumerate(prompt_names) if p is None or not str(p).strip()]
     if missing:
         raise ConfigError(f"prompt name missing for class index(es) {missing}")

@@ -86,7 +86,7 @@ def crop_view(image: Image.Image, box: Box | None) -> Image.Image:
         return image
     w, h = image.size
     x0, y0, x1, y1 = clip_box(box, w, h)
-    x0, y0 = int(np.floor(x0)), int(np.floor(y0))
+    x0, y0 = min(int(np.floor(x0)), w - 1), min(int(np.floor(y0)), h - 1)  # an empty box on the far edge: last pixel
     x1, y1 = max(int(np.ceil(x1)), x0 + 1), max(int(np.ceil(y1)), y0 + 1)
     return image.crop((x0, y0, min(x1, w), min(y1, h)))
 
