@@ -1,0 +1,67 @@
+# ccd-study: `make reproduce` regenerates reports/, `make test` runs pytest + nbval. `make help` lists targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export CCDLIB_CACHE ?= $(CURDIR)/.cache/ccdlib
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export MPLBACKEND := Agg
+
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+REPORTED  := $(patsubst notebooks/%.ipynb,reports/notebooks/%.ipynb,$(NOTEBOOKS))
+PARAMS    ?= notebooks/params/default.yaml
+STAMP     := $(VENV)/.installed
+
+.PHONY: help setup data test pytest nbval reproduce report screenshot lab clean clean-cache
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip >/dev/null
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+setup: $(STAMP) data ## create .venv, install everything (idempotent), fetch the photo packages
+
+data: $(STAMP) ## fetch the tuxpaint photo packages the embedded mosaics are made from
+	@if [ ! -d /usr/share/tuxpaint/stamps ] && [ ! -d "$(CCDLIB_CACHE)/tuxpaint" ] && [ "$$(id -u)" = 0 ] \
+	    && ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then \
+	  echo "apt package lists are missing: running apt-get update"; apt-get update -qq; fi
+	$(BIN)/python -m ccdlib data fetch
+
+test: setup ## pytest + nbval over notebooks/ (offline, CPU)
+	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider $(NOTEBOOKS)
+
+pytest: setup ## only the unit tests
+	$(BIN)/python -m pytest -q tests
+
+reports/notebooks/%.ipynb: notebooks/%.ipynb $(PARAMS) $(STAMP)
+	@mkdir -p reports/notebooks
+	$(BIN)/papermill -k python3 --cwd notebooks -f $(PARAMS) --log-level WARNING $< $@
+
+reproduce: setup ## run every notebook with papermill (params/default.yaml) into reports/
+	@start=$$(date +%s); rm -f $(REPORTED); \
+	$(MAKE) --no-print-directory $(REPORTED) && \
+	$(BIN)/python -m ccdlib.report --reports reports --params $(PARAMS) --seconds $$(( $$(date +%s) - start ))
+
+report: ## rebuild reports/README.md, index.html and the HTML renderings from what is there
+	$(BIN)/python -m ccdlib.report --reports reports --params $(PARAMS)
+
+screenshot: ## render reports/index.html in headless Chromium to reports/screenshot.png
+	bash scripts/screenshot.sh reports/index.html reports/screenshot.png
+
+lab: setup ## open JupyterLab on the notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+clean: ## remove executed notebooks and scratch outputs (keeps caches and .venv)
+	rm -rf reports/notebooks notebooks/_scratch .pytest_cache
+
+clean-cache: ## remove the disk caches (teacher embeddings, student features, mosaics, fetched packages)
+	rm -rf $(CCDLIB_CACHE)

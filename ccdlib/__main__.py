@@ -1,0 +1,89 @@
+"""Command line: ``python -m ccdlib {data,run,predict} ...`` (see ``--help`` of each)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import CCDError
+
+
+def _data(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m ccdlib data {mosaic,fetch} ...\n"
+              "  mosaic  build the embedded stamp-mosaic data set (VOC layout)\n"
+              "  fetch   find or fetch the tuxpaint photo packages the mosaics are made from")
+        return 0
+    if argv[0] == "mosaic":
+        from .mosaic import cli_main
+        return cli_main(argv[1:])
+    if argv[0] == "fetch":
+        from .mosaic import find_tuxpaint
+        print(find_tuxpaint())
+        return 0
+    print(f"unknown data command {argv[0]!r}; try: mosaic, fetch", file=sys.stderr)
+    return 2
+
+
+def _run(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ccdlib run", description="Run one method end to end.")
+    ap.add_argument("--config", help="YAML run config (see notebooks/params/ and ccdlib.config.RunConfig)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set ccd.r=0.5 --set method=cdul (repeatable)")
+    ap.add_argument("--force", action="store_true", help="recompute even if the run's results exist")
+    args = ap.parse_args(argv)
+    from .config import load_config
+    from .distributed import init_distributed
+    from .runs import run
+    cfg = load_config(args.config, args.overrides)   # validated before any expensive work
+    rank = init_distributed()
+    result = run(cfg, force=args.force, save=(rank == 0))
+    if rank == 0:
+        for rule, sel in result["selected"].items():
+            m = sel["metrics"]
+            print(f"{result['name']}  {rule:9s} epoch={sel['epoch']}  mAP={m['mAP']:.2f}  CF1={m['CF1']:.2f}  OF1={m['OF1']:.2f}")
+        print(f"results: {cfg.out_dir}/{result['name']}/")
+    return 0
+
+
+def _predict(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ccdlib predict",
+                                 description="Score images with a trained student checkpoint; writes CSV.")
+    ap.add_argument("--checkpoint", required=True, help="student checkpoint (.pt with its .json beside it)")
+    ap.add_argument("inputs", nargs="+", help="image files or folders")
+    ap.add_argument("--threshold", type=float, default=0.5, help="label threshold on sigmoid scores (default 0.5)")
+    ap.add_argument("--out", default="-", help="CSV path (default: stdout)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args(argv)
+    from .predict import predict_images
+    df = predict_images(args.checkpoint, args.inputs, threshold=args.threshold, batch_size=args.batch_size,
+                        device=args.device)
+    if args.out == "-":
+        df.to_csv(sys.stdout, index=False)
+    else:
+        from .cache import atomic_write_text
+        atomic_write_text(args.out, df.to_csv(index=False))
+        print(f"wrote {len(df)} rows to {args.out}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"data": _data, "run": _run, "predict": _predict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: python -m ccdlib {data,run,predict} ...\n"
+              "  data mosaic   build the embedded stamp-mosaic data set\n"
+              "  run           run a method (teacher_global, cdul, ccd, supervised) from a YAML config\n"
+              "  predict       score images with a trained student checkpoint")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except CCDError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

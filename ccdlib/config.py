@@ -1,0 +1,218 @@
+"""Frozen dataclass configs shared by notebooks, the CLI and YAML parameter files.
+
+A :class:`RunConfig` nests :class:`DataConfig`, :class:`~ccdlib.teachers.TeacherConfig`,
+:class:`~ccdlib.student.StudentConfig`, :class:`CCDConfig` and :class:`CDULConfig`. Defaults are the papers'
+(SPEC) except where the CPU-sized embedded run needs otherwise, which is said field by field.
+
+``load_config(path, overrides=["ccd.r=0.5", ...])`` reads YAML, applies ``key=value`` overrides (dotted keys,
+values parsed as YAML), rejects unknown keys and out-of-range values before any expensive work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Sequence, get_type_hints
+
+import yaml
+
+from .errors import ConfigError
+from .student import StudentConfig
+from .teachers import TeacherConfig
+
+__all__ = ["DataConfig", "CCDConfig", "CDULConfig", "RunConfig", "load_config", "config_from_dict",
+           "config_to_dict", "apply_overrides", "METHODS"]
+
+METHODS = ("teacher_global", "cdul", "ccd", "supervised")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set. ``kind``: ``mosaic`` (embedded default), ``voc``/``voc2007``/``voc2012``, ``coco``/``coco2014``,
+    ``nuswide``. ``root``: the data set's folder (mosaic: where to build it; default under the cache)."""
+
+    kind: str = "mosaic"
+    root: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    classes: str | None = None      # class-list file for a VOC-layout data set of your own
+    n_train: int = 400              # mosaic only
+    n_test: int = 200               # mosaic only
+    mosaic_seed: int = 0            # mosaic only
+    max_train: int = 0              # 0 = all; else a seeded subsample (quick runs)
+    max_test: int = 0
+
+    def __post_init__(self) -> None:
+        kinds = ("mosaic", "voc", "voc2007", "voc2012", "coco", "coco2014", "nuswide")
+        if self.kind not in kinds:
+            raise ConfigError(f"data.kind must be one of {kinds}, got {self.kind!r}")
+        for name in ("n_train", "n_test"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_train", "max_test"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"data.{name} must be >= 0 (0 = all), got {getattr(self, name)}")
+        if self.kind != "mosaic" and not self.root:
+            raise ConfigError(f"data.root is required for data.kind={self.kind!r}: the folder of your local copy")
+
+
+@dataclass(frozen=True)
+class CCDConfig:
+    """CCD (SPEC §4, §6). ``ls=0`` turns the label-smoothing floor off."""
+
+    h_max: float = 2.0
+    ls: float = 20.0
+    debiasing: bool = True
+    bias_fallback: str = "mean"     # "mean" | "one" | "nan" (released code)
+    warmup_epochs: int = 2
+    local_views: bool = True        # the classifier-guided (CAM) label update
+    r: float = 0.2
+    offset: float = 80.0
+    resolution: int = 640
+    cam_threshold: float = 0.95
+    box_rule: str = "minmax"        # "minmax" | "raster" (released code)
+    bound: float = 4.0
+    consistency: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.r <= 1.0:
+            raise ConfigError(f"ccd.r must lie in [0, 1], got {self.r}")
+        if self.offset < 0:
+            raise ConfigError(f"ccd.offset must be >= 0 pixels, got {self.offset}")
+        if self.ls < 0 or (0 < self.ls < 1):
+            raise ConfigError(f"ccd.ls must be 0 (off) or >= 1, got {self.ls}")
+        if self.h_max <= 0:
+            raise ConfigError(f"ccd.h_max must be > 0, got {self.h_max}")
+        if self.bias_fallback not in ("mean", "one", "nan"):
+            raise ConfigError(f"ccd.bias_fallback must be 'mean', 'one' or 'nan', got {self.bias_fallback!r}")
+        if self.box_rule not in ("minmax", "raster"):
+            raise ConfigError(f"ccd.box_rule must be 'minmax' or 'raster', got {self.box_rule!r}")
+        if not 0.0 < self.cam_threshold < 1.0:
+            raise ConfigError(f"ccd.cam_threshold must lie in (0, 1), got {self.cam_threshold}")
+        if self.warmup_epochs < 0 or self.resolution < 16 or self.bound < 0:
+            raise ConfigError("ccd.warmup_epochs >= 0, ccd.resolution >= 16 and ccd.bound >= 0 are required")
+
+
+@dataclass(frozen=True)
+class CDULConfig:
+    """CDUL (SPEC §3)."""
+
+    grid: int = 3
+    theta: float = 0.0
+    lam: float = 0.0
+    gradient_alignment: bool = True
+    ga_step: float = 1.0
+    ga_sigma: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.grid < 1:
+            raise ConfigError(f"cdul.grid must be >= 1, got {self.grid}")
+        if not 0.0 <= self.theta <= 1.0:
+            raise ConfigError(f"cdul.theta must lie in [0, 1], got {self.theta}")
+        if self.ga_sigma <= 0:
+            raise ConfigError(f"cdul.ga_sigma must be > 0, got {self.ga_sigma}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run of one method. ``method``: ``teacher_global`` | ``cdul`` | ``ccd`` | ``supervised``."""
+
+    method: str = "ccd"
+    epochs: int = 10
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    ccd: CCDConfig = field(default_factory=CCDConfig)
+    cdul: CDULConfig = field(default_factory=CDULConfig)
+    teacher_batch_size: int = 64
+    out_dir: str = "results"
+    cache_dir: str | None = None    # None: $CCDLIB_CACHE or ~/.cache/ccdlib
+    tag: str = ""                   # free text added to the run name
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.teacher_batch_size < 1:
+            raise ConfigError(f"teacher_batch_size must be >= 1, got {self.teacher_batch_size}")
+        if self.method == "ccd" and self.ccd.local_views and self.ccd.warmup_epochs >= self.epochs:
+            raise ConfigError(f"ccd.warmup_epochs ({self.ccd.warmup_epochs}) must be < epochs ({self.epochs})")
+
+    @property
+    def name(self) -> str:
+        """A run name templated from the config: method, data, teacher, student, a hash of the rest."""
+        from .cache import stable_hash
+        parts = [self.method, self.data.kind, self.teacher.arch, self.student.trunk, self.student.mode,
+                 f"s{self.seed}", stable_hash(config_to_dict(self), 8)]
+        if self.tag:
+            parts.insert(0, self.tag)
+        return "_".join(str(p).replace("/", "-") for p in parts)
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """A plain dict (tuples -> lists) of a config dataclass."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]}; known under "
+                          f"{prefix or 'top level'}: {sorted(known)}")
+    kwargs = {}
+    for k, v in data.items():
+        t = hints[k]
+        if is_dataclass(t):
+            kwargs[k] = _build(t, v or {}, f"{prefix}{k}.")
+        elif k == "templates" and isinstance(v, (list, tuple)):
+            kwargs[k] = tuple(v)
+        else:
+            kwargs[k] = v
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"bad config under {prefix or 'top level'}: {e}") from None
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    """Build a :class:`RunConfig` from a nested dict; unknown keys are a :class:`ConfigError`."""
+    return _build(RunConfig, data or {}, "")
+
+
+def _set_dotted(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"cannot set {key!r}: {p!r} is not a section")
+    d[parts[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested dict (a copy)."""
+    import copy
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. ccd.r=0.5)")
+        k, v = item.split("=", 1)
+        _set_dotted(out, k.strip(), yaml.safe_load(v))
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML run config (or start from defaults), apply overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        data = yaml.safe_load(p.read_text()) or {}
+    return config_from_dict(apply_overrides(data, overrides))

@@ -1,0 +1,223 @@
+"""Reporting: the one place figures and tables are written, and the index of ``reports/``.
+
+Notebooks call :func:`save_figure` (PNG + PDF) and :func:`save_table` (CSV + Markdown); each write also records
+a provenance entry (git commit, notebook, parameters, package versions, time) in ``reports/provenance.json``.
+``python -m ccdlib.report --reports reports`` renders executed notebooks to HTML and writes
+``reports/README.md`` and ``reports/index.html`` linking every figure and table with its provenance.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import html
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .cache import atomic_write_bytes, atomic_write_text
+
+__all__ = ["Reporter", "save_figure", "save_table", "provenance", "build_index", "package_versions"]
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=cwd, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=cwd, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {"python": platform.python_version()}
+    for pkg in ("ccdlib", "torch", "torchvision", "open_clip_torch", "numpy", "scikit-learn", "pandas",
+                "efficientnet-lite-pytorch", "sentence-transformers", "papermill"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def provenance(**extra: Any) -> dict:
+    """Git commit, time, machine and package versions, plus whatever the caller adds (config, data, seed...)."""
+    return {"commit": git_commit(Path(__file__).resolve().parent), "written": _dt.datetime.now().isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()} {os.cpu_count()} cpu", "packages": package_versions(), **extra}
+
+
+class Reporter:
+    """Writes a notebook's figures and tables under ``out_dir`` and records their provenance.
+
+    ``Reporter(out_dir, notebook="01_view_dependency", params={...})``; then ``save_figure(fig, "name")``,
+    ``save_table(df, "name")``. Files: ``figures/<name>.{png,pdf}``, ``tables/<name>.{csv,md}``.
+    """
+
+    def __init__(self, out_dir: str | Path, *, notebook: str, params: dict | None = None, caption: str = ""):
+        self.out_dir = Path(out_dir)
+        self.notebook = notebook
+        self.params = dict(params or {})
+        self.caption = caption
+        self._started = _dt.datetime.now()
+
+    def _record(self, kind: str, name: str, files: list[str], caption: str, extra: dict | None = None) -> None:
+        path = self.out_dir / "provenance.json"
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data[f"{kind}/{name}"] = provenance(notebook=self.notebook, kind=kind, name=name, files=files,
+                                            caption=caption, params=self.params, **(extra or {}))
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=str))
+
+    def save_figure(self, fig, name: str, *, caption: str = "", dpi: int = 120, **extra) -> list[Path]:
+        import io
+        d = self.out_dir / "figures"
+        d.mkdir(parents=True, exist_ok=True)
+        files = []
+        for ext in ("png", "pdf"):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=ext, dpi=dpi, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None)
+            atomic_write_bytes(d / f"{name}.{ext}", buf.getvalue())
+            files.append(d / f"{name}.{ext}")
+        self._record("figure", name, [str(f.relative_to(self.out_dir)) for f in files], caption, extra)
+        return files
+
+    def save_table(self, df, name: str, *, caption: str = "", floatfmt: str = ".1f", index: bool = False,
+                   **extra) -> list[Path]:
+        d = self.out_dir / "tables"
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(d / f"{name}.csv", df.to_csv(index=index))
+        atomic_write_text(d / f"{name}.md", to_markdown(df, floatfmt=floatfmt, index=index))
+        files = [d / f"{name}.csv", d / f"{name}.md"]
+        self._record("table", name, [str(f.relative_to(self.out_dir)) for f in files], caption, extra)
+        return files
+
+
+def to_markdown(df, *, floatfmt: str = ".1f", index: bool = False) -> str:
+    """A GitHub Markdown table (no extra dependency)."""
+    import math
+    frame = df.reset_index() if index else df
+    cols = [str(c) for c in frame.columns]
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else format(v, floatfmt)
+        return str(v)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def save_figure(fig, name: str, *, out_dir: str | Path, notebook: str = "", **kw) -> list[Path]:
+    return Reporter(out_dir, notebook=notebook).save_figure(fig, name, **kw)
+
+
+def save_table(df, name: str, *, out_dir: str | Path, notebook: str = "", **kw) -> list[Path]:
+    return Reporter(out_dir, notebook=notebook).save_table(df, name, **kw)
+
+
+# --------------------------------------------------------------------------------------------- index
+def _render_html(reports: Path) -> list[Path]:
+    nb_dir = reports / "notebooks"
+    out_dir = reports / "html"
+    out: list[Path] = []
+    if not nb_dir.exists():
+        return out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from nbconvert import HTMLExporter
+    exporter = HTMLExporter()
+    for nb in sorted(nb_dir.glob("*.ipynb")):
+        body, _ = exporter.from_filename(str(nb))
+        atomic_write_text(out_dir / f"{nb.stem}.html", body)
+        out.append(out_dir / f"{nb.stem}.html")
+    return out
+
+
+def build_index(reports: str | Path = "reports", *, params: str | Path | None = None, seconds: float | None = None,
+                render_html: bool = True) -> Path:
+    """Write ``reports/README.md`` and ``reports/index.html`` from ``provenance.json`` (and HTML renderings)."""
+    reports = Path(reports)
+    prov_path = reports / "provenance.json"
+    prov = json.loads(prov_path.read_text()) if prov_path.exists() else {}
+    pages = _render_html(reports) if render_html else sorted((reports / "html").glob("*.html"))
+    run_info = {"built": _dt.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(reports.resolve()),
+                "params": str(params) if params else None, "packages": package_versions(),
+                "machine": f"{platform.machine()} {os.cpu_count()} cpu"}
+    if seconds is not None:
+        run_info["reproduce_seconds"] = seconds
+    timing = reports / "timing.json"
+    if seconds is not None:
+        atomic_write_text(timing, json.dumps(run_info, indent=1))
+    by_nb: dict[str, list[tuple[str, dict]]] = {}
+    for key, entry in sorted(prov.items()):
+        by_nb.setdefault(entry.get("notebook", "?"), []).append((key, entry))
+
+    md = ["# Reports", "", "Generated by `make reproduce` (papermill runs every notebook in `notebooks/` with "
+          f"`{params or 'notebooks/params/default.yaml'}`). Built {run_info['built']} at commit `{run_info['commit']}`"
+          + (f" in {seconds / 60:.1f} min." if seconds is not None else "."), ""]
+    h = ["<!doctype html><html><head><meta charset='utf-8'><title>ccd-study reports</title><style>"
+         "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
+         "figure{display:inline-block;margin:8px;vertical-align:top;max-width:560px}"
+         "img{max-width:560px;border:1px solid #ccc}figcaption{font-size:12px;color:#333}"
+         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #bbb;padding:2px 6px}"
+         ".prov{font-size:11px;color:#666}</style></head><body>",
+         f"<h1>ccd-study reports</h1><p>Built {html.escape(run_info['built'])} at commit "
+         f"<code>{html.escape(run_info['commit'])}</code> with <code>{html.escape(str(params))}</code>"
+         + (f"; <code>make reproduce</code> took {seconds / 60:.1f} min" if seconds is not None else "") + ".</p>"]
+    import pandas as pd
+    for nb, entries in by_nb.items():
+        md += [f"## {nb}", ""]
+        page = reports / "html" / f"{nb}.html"
+        links = f"[executed notebook](notebooks/{nb}.ipynb)" + (f" · [HTML](html/{nb}.html)" if page.exists() else "")
+        md += [links, ""]
+        h.append(f"<h2>{html.escape(nb)}</h2><p><a href='notebooks/{nb}.ipynb'>executed notebook</a>"
+                 + (f" · <a href='html/{nb}.html'>HTML</a>" if page.exists() else "") + "</p>")
+        for key, e in entries:
+            prov_line = (f"commit {e.get('commit')}, {e.get('written')}, params: "
+                         + ", ".join(f"{k}={v}" for k, v in sorted(e.get("params", {}).items())))
+            cap = e.get("caption", "")
+            if e["kind"] == "figure":
+                png = next((f for f in e["files"] if f.endswith(".png")), None)
+                pdf = next((f for f in e["files"] if f.endswith(".pdf")), None)
+                md += [f"### {e['name']}", "", cap, "", f"![{e['name']}]({png})", "", f"[PDF]({pdf}) · {prov_line}", ""]
+                h.append(f"<figure><img src='{png}' alt='{html.escape(e['name'])}'><figcaption><b>"
+                         f"{html.escape(e['name'])}</b> {html.escape(cap)} (<a href='{pdf}'>PDF</a>)<div class='prov'>"
+                         f"{html.escape(prov_line)}</div></figcaption></figure>")
+            else:
+                csv = next((f for f in e["files"] if f.endswith(".csv")), None)
+                mdf = next((f for f in e["files"] if f.endswith(".md")), None)
+                table_md = (reports / mdf).read_text() if mdf and (reports / mdf).exists() else ""
+                md += [f"### {e['name']}", "", cap, "", table_md, f"[CSV]({csv}) · {prov_line}", ""]
+                try:
+                    tbl = pd.read_csv(reports / csv).to_html(index=False, float_format=lambda v: f"{v:.1f}",
+                                                             na_rep="")
+                except (OSError, ValueError, pd.errors.EmptyDataError):
+                    tbl = ""
+                h.append(f"<h3>{html.escape(e['name'])}</h3><p>{html.escape(cap)}</p>{tbl}"
+                         f"<p class='prov'><a href='{csv}'>CSV</a> · {html.escape(prov_line)}</p>")
+    pk = ", ".join(f"{k} {v}" for k, v in run_info["packages"].items())
+    md += ["## Environment", "", f"{run_info['machine']}; {pk}", ""]
+    h.append(f"<h2>Environment</h2><p class='prov'>{html.escape(run_info['machine'])}; {html.escape(pk)}</p></body></html>")
+    atomic_write_text(reports / "README.md", "\n".join(md))
+    atomic_write_text(reports / "index.html", "\n".join(h))
+    return reports / "index.html"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ccdlib.report", description=__doc__.splitlines()[0])
+    ap.add_argument("--reports", default="reports")
+    ap.add_argument("--params", default=None)
+    ap.add_argument("--seconds", type=float, default=None, help="wall time of the reproduce run, recorded")
+    ap.add_argument("--no-html", action="store_true")
+    args = ap.parse_args(argv)
+    path = build_index(args.reports, params=args.params, seconds=args.seconds, render_html=not args.no_html)
+    print(f"wrote {path} and {Path(args.reports) / 'README.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

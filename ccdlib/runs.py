@@ -1,0 +1,399 @@
+"""One readable run function per method, built from the paper steps.
+
+- :func:`run_teacher_global` -- the teacher's zero-shot global prediction, and a student trained on it.
+- :func:`run_cdul` -- CDUL: global-local aggregated pseudo-labels (+ gradient-alignment updates).
+- :func:`run_ccd` -- CCD: debiased global labels, warm-up, one classifier-guided label update, consistency loss.
+- :func:`run_supervised` -- the same student trained on ground truth (the upper bound).
+
+Every run returns a :class:`RunResult` holding per-epoch history, the three checkpoint-selection rules
+(``last``, ``gt_free``, ``gt_best``), pseudo-label quality per stage and wall times; :func:`run` writes it as
+JSON + CSV under ``out_dir/<run name>/`` and skips runs whose results exist (unless ``force``).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .cache import atomic_write_text, default_cache_dir
+from .config import DataConfig, RunConfig, config_to_dict
+from .datasets import MultiLabelDataset
+from .metrics import evaluate, mean_average_precision
+from .pseudolabels import (ccd_initial_pseudo_labels, cdul_gradient_alignment_update, cdul_initial_pseudo_labels)
+from .label_update import classifier_guided_label_update
+from .scoring import embed_views
+from .student import StudentTrainer
+from .teachers import Teacher, TeacherConfig, build_teacher
+from .views import View, global_views, grid_views, image_size
+
+__all__ = [
+    "Context", "make_context", "load_data", "global_probabilities", "grid_probabilities", "view_probabilities",
+    "pseudo_label_quality", "select_checkpoints", "RunResult", "run_teacher_global", "run_cdul", "run_ccd",
+    "run_supervised", "run", "RUNNERS",
+]
+
+
+# --------------------------------------------------------------------------------------------- context
+def load_data(cfg: DataConfig, *, cache_dir: str | Path | None = None, seed: int = 0
+              ) -> tuple[MultiLabelDataset, MultiLabelDataset]:
+    """The train and test splits named by ``cfg`` (the mosaic data is built on first use)."""
+    if cfg.kind == "mosaic":
+        from .mosaic import embedded_dataset
+        kw = dict(root=cfg.root, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.mosaic_seed)
+        train, test = embedded_dataset("train", **kw), embedded_dataset("test", **kw)
+    else:
+        from .readers import load_dataset
+        extra = {"classes": cfg.classes} if cfg.classes and cfg.kind.startswith("voc") else {}
+        train = load_dataset(cfg.kind, cfg.root, cfg.train_split, **extra)
+        test = load_dataset(cfg.kind, cfg.root, cfg.test_split, **extra)
+    rng = np.random.default_rng(seed)
+    if cfg.max_train and cfg.max_train < len(train):
+        train = train.subset(sorted(rng.choice(len(train), cfg.max_train, replace=False)), name=f"{train.name}[:{cfg.max_train}]")
+    if cfg.max_test and cfg.max_test < len(test):
+        test = test.subset(sorted(rng.choice(len(test), cfg.max_test, replace=False)), name=f"{test.name}[:{cfg.max_test}]")
+    return train, test
+
+
+_TEACHERS: dict[str, Teacher] = {}
+
+
+def get_teacher(cfg: TeacherConfig) -> Teacher:
+    """Build a teacher once per process (notebooks reuse it across runs)."""
+    key = json.dumps(config_to_dict(cfg), sort_keys=True)
+    if key not in _TEACHERS:
+        _TEACHERS[key] = build_teacher(cfg)
+    return _TEACHERS[key]
+
+
+@dataclass
+class Context:
+    """What every step of a run needs: the config, the splits, the teacher and its text classifier."""
+
+    cfg: RunConfig
+    train: MultiLabelDataset
+    test: MultiLabelDataset
+    teacher: Teacher
+    classifier: torch.Tensor          # (C, D)
+    cache_dir: Path
+    sizes: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+
+    def split(self, name: str) -> MultiLabelDataset:
+        return {"train": self.train, "test": self.test}[name]
+
+    def image_sizes(self, split: str) -> list[tuple[int, int]]:
+        if split not in self.sizes:
+            self.sizes[split] = [image_size(p) for p in self.split(split).image_paths]
+        return self.sizes[split]
+
+
+def make_context(cfg: RunConfig) -> Context:
+    """Load the data and the teacher for ``cfg`` (validates everything cheap first)."""
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    train, test = load_data(cfg.data, cache_dir=cache_dir, seed=cfg.seed)
+    teacher = get_teacher(cfg.teacher)
+    classifier = teacher.text_classifier(train.prompt_names, cfg.teacher.templates)
+    return Context(cfg=cfg, train=train, test=test, teacher=teacher, classifier=classifier, cache_dir=cache_dir)
+
+
+# --------------------------------------------------------------------------------------------- teacher views
+def view_probabilities(ctx: Context, split: str, views: list[View], *, desc: str = "teacher") -> np.ndarray:
+    """Teacher probabilities of arbitrary views of a split's images: ``(V, C)`` (batched, cached)."""
+    emb = embed_views(ctx.teacher, ctx.split(split).image_paths, views, batch_size=ctx.cfg.teacher_batch_size,
+                      cache_dir=ctx.cache_dir, desc=desc)
+    return ctx.teacher.predict(emb, ctx.classifier).numpy()
+
+
+def global_probabilities(ctx: Context, split: str = "train") -> np.ndarray:
+    """SPEC §2/§4.1: ``p(whole image)`` for every image of the split: ``(N, C)``."""
+    return view_probabilities(ctx, split, global_views(len(ctx.split(split))), desc=f"global views ({split})")
+
+
+def grid_probabilities(ctx: Context, split: str = "train", n: int = 3) -> np.ndarray:
+    """``p(tile)`` for an ``n x n`` grid of every image: ``(N, n*n, C)`` (SPEC §3, Fig. 1)."""
+    ds = ctx.split(split)
+    p = view_probabilities(ctx, split, grid_views(ctx.image_sizes(split), n), desc=f"{n}x{n} tiles ({split})")
+    return p.reshape(len(ds), n * n, -1)
+
+
+def pseudo_label_quality(labels: np.ndarray, ds: MultiLabelDataset) -> dict[str, float]:
+    """mAP, CF1, OF1 (x100) of pseudo-labels against a split's ground truth (SPEC §9 ablations)."""
+    m = evaluate(np.asarray(labels, dtype=np.float64), ds.labels, class_names=list(ds.class_ids))
+    return {k: m[k] for k in ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3")}
+
+
+# --------------------------------------------------------------------------------------------- training log
+def select_checkpoints(train_map: list[float], test_map: list[float]) -> dict[str, int]:
+    """SPEC §7. ``last``: the last epoch. ``gt_free``: the first epoch ``e >= 2`` whose second difference of
+    train mAP against the pseudo-labels, ``m[e] - 2 m[e-1] + m[e-2]``, is positive (else the last epoch).
+    ``gt_best``: the epoch of best *test* mAP -- uses ground truth; never report it as unsupervised."""
+    last = len(train_map) - 1
+    gt_free = last
+    for e in range(2, len(train_map)):
+        if train_map[e] - 2 * train_map[e - 1] + train_map[e - 2] > 0:
+            gt_free = e
+            break
+    return {"last": last, "gt_free": gt_free, "gt_best": int(np.nanargmax(test_map))}
+
+
+class TrainingLog:
+    """Runs the per-epoch bookkeeping: train mAP against the current pseudo-labels, test metrics, checkpoints."""
+
+    def __init__(self, ctx: Context, trainer: StudentTrainer):
+        self.ctx, self.trainer = ctx, trainer
+        self.history: list[dict] = []
+        self.test_scores: list[np.ndarray] = []
+        self.states: list[dict] = []
+        self.t0 = time.perf_counter()
+
+    def epoch(self, targets: np.ndarray, *, alpha: float, consistency: bool) -> dict:
+        t = time.perf_counter()
+        losses = self.trainer.fit_epoch(targets, alpha=alpha, consistency=consistency)
+        train_logits = self.trainer.predict_logits()
+        test_logits = self.trainer.predict_logits(self.ctx.test.image_paths)
+        test_prob = 1.0 / (1.0 + np.exp(-test_logits))
+        hard = (np.asarray(targets) >= 0.5).astype(np.uint8)
+        train_map = mean_average_precision(train_logits, hard).map
+        test_metrics = evaluate(test_prob, self.ctx.test.labels, class_names=list(self.ctx.test.class_ids))
+        scalars = {k: float(v) for k, v in losses.items() if k in ("loss", "bce", "consistency")}
+        row = {"epoch": len(self.history), "alpha": alpha, "consistency_on": consistency, **scalars,
+               "train_mAP_vs_pseudo": train_map, **{f"test_{k}": v for k, v in test_metrics.items()},
+               "seconds": time.perf_counter() - t}
+        self.history.append(row)
+        self.test_scores.append(test_prob)
+        self.states.append({k: v.detach().cpu().clone() for k, v in self.trainer.state_dict().items()})
+        return row
+
+    def train_probabilities(self) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.trainer.predict_logits()))
+
+
+def alpha_for(epoch: int, coeff: float) -> float:
+    """SPEC §5: the positive-CAM factor is 1 during epoch 0, then ``coeff``."""
+    return 1.0 if epoch == 0 else coeff
+
+
+@dataclass
+class RunResult:
+    """What a run produced. ``selected`` maps each selection rule to its epoch and test metrics."""
+
+    name: str
+    method: str
+    config: dict
+    history: list[dict]
+    selected: dict[str, dict]
+    pseudo_label_quality: dict[str, dict]
+    info: dict
+    seconds: dict[str, float]
+    test_scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    states: dict[str, dict] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in ("name", "method", "config", "history", "selected",
+                                              "pseudo_label_quality", "info", "seconds")}
+
+    def table_row(self, rule: str = "gt_free") -> dict:
+        sel = self.selected[rule]
+        return {"method": self.method, "selection": rule, "epoch": sel["epoch"], **sel["metrics"]}
+
+
+def _finish(ctx: Context, log: TrainingLog | None, *, method: str, stages: dict[str, np.ndarray], info: dict,
+            seconds: dict[str, float], zero_shot: np.ndarray | None = None) -> RunResult:
+    quality = {stage: pseudo_label_quality(y, ctx.train) for stage, y in stages.items()}
+    selected: dict[str, dict] = {}
+    scores: dict[str, np.ndarray] = {}
+    states: dict[str, dict] = {}
+    if log is not None:
+        rules = select_checkpoints([h["train_mAP_vs_pseudo"] for h in log.history],
+                                   [h["test_mAP"] for h in log.history])
+        for rule, e in rules.items():
+            selected[rule] = {"epoch": e, "uses_ground_truth": rule == "gt_best",
+                              "metrics": {k[5:]: v for k, v in log.history[e].items() if k.startswith("test_")}}
+            scores[rule] = log.test_scores[e]
+            states[rule] = log.states[e]
+    if zero_shot is not None:
+        m = evaluate(zero_shot, ctx.test.labels, class_names=list(ctx.test.class_ids))
+        selected["zero_shot"] = {"epoch": None, "uses_ground_truth": False, "metrics": m}
+        scores["zero_shot"] = zero_shot
+    seconds["total"] = sum(seconds.values())
+    info = {**info, "class_ids": list(ctx.train.class_ids), "prompt_names": list(ctx.train.prompt_names),
+            "n_train": len(ctx.train), "n_test": len(ctx.test),
+            "feature_dim": None if log is None else log.trainer.student.feature_dim}
+    return RunResult(name=ctx.cfg.name, method=method, config=config_to_dict(ctx.cfg),
+                     history=[] if log is None else log.history, selected=selected, pseudo_label_quality=quality,
+                     info=info, seconds=seconds, test_scores=scores, states=states)
+
+
+def _trainer(ctx: Context) -> StudentTrainer:
+    student_cfg = replace(ctx.cfg.student, seed=ctx.cfg.seed)
+    return StudentTrainer(student_cfg, ctx.train.image_paths, ctx.train.num_classes, cache_dir=ctx.cache_dir)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
+        t = time.perf_counter()
+        out = fn()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+        return out
+
+
+# --------------------------------------------------------------------------------------------- methods
+def run_teacher_global(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
+    """The teacher alone: zero-shot global prediction on the test split; and a student trained on the raw
+    global probabilities of the training split (no debiasing, no local views)."""
+    ctx = ctx or make_context(cfg)
+    timer = _Timer()
+    # 1. teacher global prediction (SPEC §2)
+    p_train = timer("teacher_global", lambda: global_probabilities(ctx, "train"))
+    p_test = timer("teacher_global", lambda: global_probabilities(ctx, "test"))
+    # 2. student on the global labels
+    trainer = timer("student_features", lambda: _trainer(ctx))
+    log = TrainingLog(ctx, trainer)
+    for epoch in range(cfg.epochs):
+        timer("student_training", lambda: log.epoch(p_train, alpha=alpha_for(epoch, cfg.student.coeff), consistency=False))
+    return _finish(ctx, log, method="teacher_global", stages={"global": p_train}, info={},
+                   seconds=timer.seconds, zero_shot=p_test)
+
+
+def run_cdul(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
+    """CDUL (SPEC §3): global + 3x3-tile aggregation -> y0; train; refine labels by gradient alignment."""
+    ctx = ctx or make_context(cfg)
+    c = cfg.cdul
+    timer = _Timer()
+    # 1. global and local (tile) teacher predictions
+    p_global = timer("teacher_global", lambda: global_probabilities(ctx, "train"))
+    p_tiles = timer("teacher_tiles", lambda: grid_probabilities(ctx, "train", c.grid))
+    # 2. global-local aggregation
+    y = cdul_initial_pseudo_labels(p_global, p_tiles, theta=c.theta, lam=c.lam)
+    stages = {"global": p_global, "cdul_initial": y}
+    # 3. train; after each epoch, optionally move the labels by gradient alignment
+    trainer = timer("student_features", lambda: _trainer(ctx))
+    log = TrainingLog(ctx, trainer)
+    for epoch in range(cfg.epochs):
+        timer("student_training", lambda: log.epoch(y, alpha=alpha_for(epoch, cfg.student.coeff), consistency=False))
+        if c.gradient_alignment and epoch < cfg.epochs - 1:
+            y = cdul_gradient_alignment_update(y, trainer.predict_logits(), step=c.ga_step, sigma=c.ga_sigma)
+    if c.gradient_alignment:
+        stages["cdul_final"] = y
+    return _finish(ctx, log, method="cdul", stages=stages, info={}, seconds=timer.seconds)
+
+
+def run_ccd(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
+    """CCD (SPEC §4-§6): debiased global labels -> warm-up -> classifier-guided label update -> consistency."""
+    ctx = ctx or make_context(cfg)
+    c = cfg.ccd
+    timer = _Timer()
+    # 1. teacher global prediction of every training image
+    p_global = timer("teacher_global", lambda: global_probabilities(ctx, "train"))
+    # 2. initial pseudo-labels: confidence filter, class bias, LS floor, debiasing (SPEC §4)
+    init = ccd_initial_pseudo_labels(p_global, h_max=c.h_max, ls=c.ls or None, debiasing=c.debiasing,
+                                     fallback=c.bias_fallback, class_names=list(ctx.train.class_ids))
+    y = init.labels
+    stages = {"global": p_global, "ccd_floored": init.floored, "ccd_debiased": init.labels}
+    info: dict[str, Any] = {"bias": init.bias.tolist(), "bias_fell_back": [ctx.train.class_ids[k] for k in init.fell_back],
+                            "n_confident": int(init.confident.sum())}
+    trainer = timer("student_features", lambda: _trainer(ctx))
+    log = TrainingLog(ctx, trainer)
+    # 3. warm-up epochs on the initial labels
+    warmup = c.warmup_epochs if c.local_views else 0
+    for epoch in range(warmup):
+        timer("student_training", lambda: log.epoch(y, alpha=alpha_for(epoch, cfg.student.coeff), consistency=False))
+    # 4. the classifier-guided label update, once (SPEC §6)
+    if c.local_views:
+        upd = timer("label_update", lambda: classifier_guided_label_update(
+            y_prev=y, student_probs=log.train_probabilities(), cams=trainer.cams(), teacher=ctx.teacher,
+            classifier=ctx.classifier, image_paths=ctx.train.image_paths, image_sizes=ctx.image_sizes("train"),
+            bias=init.bias, ls=c.ls or None, r=c.r, offset=c.offset, resolution=c.resolution,
+            threshold=c.cam_threshold, box_rule=c.box_rule, bound=c.bound, seed=cfg.seed,
+            batch_size=cfg.teacher_batch_size, cache_dir=ctx.cache_dir))
+        y = upd.labels
+        stages["ccd_local"] = np.where(upd.has_crops[:, None], upd.local, init.labels)
+        stages["ccd_updated"] = upd.labels
+        info.update(tau=upd.tau, crops=len(upd.crops), crops_per_image=upd.crops_per_image,
+                    images_without_crops=int((~upd.has_crops).sum()))
+    # 5. the remaining epochs, with the consistency loss
+    for epoch in range(warmup, cfg.epochs):
+        timer("student_training", lambda: log.epoch(y, alpha=alpha_for(epoch, cfg.student.coeff),
+                                                    consistency=c.consistency and c.local_views))
+    return _finish(ctx, log, method="ccd", stages=stages, info=info, seconds=timer.seconds)
+
+
+def run_supervised(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
+    """The upper bound: the same student trained on the ground-truth labels of the training split."""
+    ctx = ctx or make_context(cfg)
+    timer = _Timer()
+    y = ctx.train.labels.astype(np.float64)
+    trainer = timer("student_features", lambda: _trainer(ctx))
+    log = TrainingLog(ctx, trainer)
+    for epoch in range(cfg.epochs):
+        timer("student_training", lambda: log.epoch(y, alpha=alpha_for(epoch, cfg.student.coeff), consistency=False))
+    return _finish(ctx, log, method="supervised", stages={}, info={}, seconds=timer.seconds)
+
+
+RUNNERS: dict[str, Callable[[RunConfig, Context | None], RunResult]] = {
+    "teacher_global": run_teacher_global, "cdul": run_cdul, "ccd": run_ccd, "supervised": run_supervised,
+}
+
+
+def _jsonify(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonify(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonify(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return _jsonify(obj.tolist())
+    return obj
+
+
+def save_result(result: RunResult, out_dir: str | Path, *, checkpoints: bool = True) -> Path:
+    """Write ``result.json``, ``metrics.csv`` (one row per selection rule) and, with ``checkpoints``, each selected
+    epoch's student as a state dict (``.pt``) plus a JSON config -- atomically."""
+    import pandas as pd
+
+    d = Path(out_dir) / result.name
+    d.mkdir(parents=True, exist_ok=True)
+    rows = [result.table_row(rule) for rule in result.selected]
+    atomic_write_text(d / "metrics.csv", pd.DataFrame(rows).to_csv(index=False))
+    if checkpoints:
+        from .student import StudentConfig, write_checkpoint
+        from .config import _build
+        student_cfg = _build(StudentConfig, result.config["student"], "student.")
+        student_cfg = replace(student_cfg, seed=result.config["seed"])
+        for rule, state in result.states.items():
+            e = result.selected[rule]["epoch"]
+            write_checkpoint(d / f"student_{rule}", state=state, config=student_cfg,
+                             num_classes=len(result.info["class_ids"]), feature_dim=result.info["feature_dim"],
+                             epoch=e, alpha=result.history[e]["alpha"],
+                             extra={"class_ids": result.info["class_ids"], "prompt_names": result.info["prompt_names"],
+                                    "selection_rule": rule, "run": result.name})
+    atomic_write_text(d / "result.json", json.dumps(_jsonify(result.to_json()), indent=1))  # last: marks "done"
+    return d
+
+
+def load_result(path: str | Path) -> dict:
+    """The JSON of a finished run (``out_dir/<name>`` or its ``result.json``)."""
+    p = Path(path)
+    p = p / "result.json" if p.is_dir() else p
+    return json.loads(p.read_text())
+
+
+def run(cfg: RunConfig, *, ctx: Context | None = None, force: bool = False, save: bool = True) -> dict:
+    """Run ``cfg.method`` end to end and write its results; an existing ``result.json`` is reused unless ``force``."""
+    out = Path(cfg.out_dir) / cfg.name
+    if save and not force and (out / "result.json").exists():
+        return load_result(out)
+    result = RUNNERS[cfg.method](cfg, ctx)
+    if save:
+        save_result(result, cfg.out_dir)
+    return _jsonify(result.to_json())
