@@ -22,7 +22,7 @@ from .student import StudentConfig
 from .teachers import TeacherConfig
 
 __all__ = ["DataConfig", "CCDConfig", "CDULConfig", "RunConfig", "load_config", "config_from_dict",
-           "config_to_dict", "apply_overrides", "METHODS"]
+           "config_to_dict", "apply_overrides", "flat_to_nested", "run_config_from_params", "METHODS"]
 
 METHODS = ("teacher_global", "cdul", "ccd", "supervised")
 
@@ -216,3 +216,30 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise ConfigError(f"config file not found: {p}")
         data = yaml.safe_load(p.read_text()) or {}
     return config_from_dict(apply_overrides(data, overrides))
+
+
+_SECTIONS = ("data", "teacher", "student", "ccd", "cdul")
+
+
+def flat_to_nested(params: dict[str, Any]) -> dict:
+    """Flat notebook parameters -> a nested config dict: ``teacher_arch`` -> ``teacher.arch``,
+    ``ccd_r`` -> ``ccd.r``; top-level keys (``method``, ``epochs``, ``seed``...) stay. Keys that name no config
+    field are an error (notebook-only parameters must be removed by the caller first)."""
+    nested: dict[str, Any] = {}
+    top = {f.name for f in fields(RunConfig)}
+    for k, v in params.items():
+        section = next((s for s in _SECTIONS if k.startswith(s + "_")), None)
+        if section is not None and k not in top:
+            nested.setdefault(section, {})[k[len(section) + 1:]] = v
+        else:
+            nested[k] = v
+    return nested
+
+
+def run_config_from_params(params: dict[str, Any] | None = None, **overrides: Any) -> RunConfig:
+    """Build a :class:`RunConfig` from flat notebook/papermill parameters (see :func:`flat_to_nested`).
+
+    Example: ``run_config_from_params(dict(method="ccd", epochs=10, teacher_arch="efficientnet-lite2",
+    data_n_train=320, ccd_r=0.2))``. Unknown keys raise :class:`ConfigError` naming them.
+    """
+    return config_from_dict(flat_to_nested({**(params or {}), **overrides}))
