@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Sequence, get_type_hints
@@ -157,6 +159,45 @@ def config_to_dict(cfg: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
+def _check_type(name: str, value: Any, hint: Any) -> Any:
+    """Check a scalar config value against its field type, naming the key on failure (a wrong type would
+    otherwise surface as a TypeError inside ``__post_init__`` that names no key). Accepts ints for floats,
+    numeric strings for floats (PyYAML reads ``1e-3`` as a string), 0/1 for bools, paths for strings."""
+    import numbers
+    import os
+
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{name} must not be empty (null)")
+    base = next((a for a in args if a is not type(None)), None)
+    if base is bool:
+        if isinstance(value, bool) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+            return bool(value)
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if base is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if base is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if base is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
+
+
 def _build(cls: type, data: dict, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
@@ -174,7 +215,7 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         elif k == "templates" and isinstance(v, (list, tuple)):
             kwargs[k] = tuple(v)
         else:
-            kwargs[k] = v
+            kwargs[k] = _check_type(prefix + k, v, t)
     try:
         return cls(**kwargs)
     except TypeError as e:
@@ -203,7 +244,11 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. ccd.r=0.5)")
         k, v = item.split("=", 1)
-        _set_dotted(out, k.strip(), yaml.safe_load(v))
+        try:
+            value = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML: {e}") from None
+        _set_dotted(out, k.strip(), value)
     return out
 
 
@@ -214,7 +259,10 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file not found: {p}")
-        data = yaml.safe_load(p.read_text()) or {}
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
     return config_from_dict(apply_overrides(data, overrides))
 
 

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .errors import DatasetError
+from .errors import CheckpointError, DatasetError
 from .scoring import load_rgb
 from .student import _checkpoint_paths, load_student_checkpoint, preprocess_image
 from .teachers import resolve_device
@@ -46,6 +46,9 @@ def predict_images(checkpoint: str | Path, inputs: Sequence[str | Path], *, thre
     student, config = load_student_checkpoint(checkpoint)
     meta = json.loads(_checkpoint_paths(checkpoint)[1].read_text())
     classes = meta.get("class_ids") or [f"class_{k}" for k in range(meta["num_classes"])]
+    if len(classes) != student.num_classes:
+        raise CheckpointError(f"{_checkpoint_paths(checkpoint)[1]} names {len(classes)} classes (class_ids) but "
+                              f"the checkpoint has {student.num_classes}")
     alpha = meta.get("alpha", 1.0)
     dev = resolve_device(device)
     student = student.to(dev)

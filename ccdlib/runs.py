@@ -93,6 +93,13 @@ class Context:
 
 def make_context(cfg: RunConfig) -> Context:
     """Load the data and the teacher for ``cfg`` (validates everything cheap first)."""
+    from .errors import ConfigError
+    from .teachers import resolve_device
+    for key, dev in (("teacher.device", cfg.teacher.device), ("student.device", cfg.student.device)):
+        try:                                    # a CUDA device where there is none: fail before any work
+            resolve_device(dev)
+        except ConfigError as e:
+            raise ConfigError(f"{key}: {e}") from None
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     train, test = load_data(cfg.data, cache_dir=cache_dir, seed=cfg.seed)
     teacher = get_teacher(cfg.teacher)
@@ -363,6 +370,7 @@ def save_result(result: RunResult, out_dir: str | Path, *, checkpoints: bool = T
 
     d = Path(out_dir) / result.name
     d.mkdir(parents=True, exist_ok=True)
+    (d / "result.json").unlink(missing_ok=True)   # overwriting: a kill mid-save must not leave an old "done" mark
     rows = [result.table_row(rule) for rule in result.selected]
     atomic_write_text(d / "metrics.csv", pd.DataFrame(rows).to_csv(index=False))
     if checkpoints:

@@ -39,9 +39,18 @@ class View:
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """``(width, height)`` from the image header (no decode)."""
-    with Image.open(path) as im:
-        return im.size
+    """``(width, height)`` from the image header (no decode). A missing or unreadable file is a
+    :class:`~ccdlib.errors.DatasetError` naming it."""
+    from PIL import UnidentifiedImageError
+
+    from .errors import DatasetError
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise DatasetError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DatasetError(f"corrupt or unreadable image {path}: {e}") from None
 
 
 def grid_boxes(width: int, height: int, n: int) -> list[Box]:
