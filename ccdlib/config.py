@@ -24,7 +24,7 @@ from .student import StudentConfig
 from .teachers import TeacherConfig
 
 __all__ = ["DataConfig", "CCDConfig", "CDULConfig", "RunConfig", "load_config", "config_from_dict",
-           "config_to_dict", "apply_overrides", "flat_to_nested", "run_config_from_params", "METHODS"]
+           "config_to_dict", "apply_overrides", "flat_to_nested", "flat_config_keys", "is_flat", "run_config_from_params", "METHODS"]
 
 METHODS = ("teacher_global", "cdul", "ccd", "supervised")
 
@@ -147,8 +147,11 @@ class RunConfig:
     def name(self) -> str:
         """A run name templated from the config: method, data, teacher, student, a hash of the rest."""
         from .cache import stable_hash
+        d = config_to_dict(self)
+        for k in ("out_dir", "cache_dir"):          # where results and caches go does not change them
+            d.pop(k)
         parts = [self.method, self.data.kind, self.teacher.arch, self.student.trunk, self.student.mode,
-                 f"s{self.seed}", stable_hash(config_to_dict(self), 8)]
+                 f"s{self.seed}", stable_hash(d, 8)]
         if self.tag:
             parts.insert(0, self.tag)
         return "_".join(str(p).replace("/", "-") for p in parts)
@@ -263,6 +266,15 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of keys to values")
+        if is_flat(data):  # a notebook parameter file (notebooks/params/*.yaml): keep its RunConfig keys
+            import warnings
+            keys = flat_config_keys() - {"out_dir"}   # a notebook's out_dir is its reports folder, not a run's
+            ignored = sorted(set(data) - keys)
+            if ignored:
+                warnings.warn(f"{p}: notebook-only parameters ignored by the run config: {ignored}", stacklevel=2)
+            data = flat_to_nested({k: v for k, v in data.items() if k in keys})
     return config_from_dict(apply_overrides(data, overrides))
 
 
@@ -282,6 +294,23 @@ def flat_to_nested(params: dict[str, Any]) -> dict:
         else:
             nested[k] = v
     return nested
+
+
+def flat_config_keys() -> frozenset[str]:
+    """Every flat parameter name :func:`run_config_from_params` accepts: top-level :class:`RunConfig` fields
+    (``epochs``, ``seed``...) and ``<section>_<field>`` (``teacher_arch``, ``ccd_r``...)."""
+    hints = get_type_hints(RunConfig)
+    keys: set[str] = set()
+    for f in fields(RunConfig):
+        t = hints[f.name]
+        keys.update(f"{f.name}_{g.name}" for g in fields(t)) if is_dataclass(t) else keys.add(f.name)
+    return frozenset(keys)
+
+
+def is_flat(data: dict) -> bool:
+    """True for a papermill-style flat parameter file (``teacher_arch: ...``) rather than a nested config."""
+    return not any(isinstance(v, dict) for v in data.values()) and any(
+        k.startswith(tuple(s + "_" for s in _SECTIONS)) for k in data)
 
 
 def run_config_from_params(params: dict[str, Any] | None = None, **overrides: Any) -> RunConfig:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .cache import atomic_write_text, default_cache_dir
+from .cache import atomic_write_bytes, atomic_write_text, default_cache_dir
 from .config import DataConfig, RunConfig, config_to_dict
 from .datasets import MultiLabelDataset
 from .metrics import evaluate, mean_average_precision
@@ -198,6 +198,7 @@ class RunResult:
     seconds: dict[str, float]
     test_scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     states: dict[str, dict] = field(default_factory=dict, repr=False)
+    stage_labels: dict[str, np.ndarray] = field(default_factory=dict, repr=False)   # (N_train, C) per stage
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in ("name", "method", "config", "history", "selected",
@@ -232,7 +233,8 @@ def _finish(ctx: Context, log: TrainingLog | None, *, method: str, stages: dict[
             "feature_dim": None if log is None else log.trainer.student.feature_dim}
     return RunResult(name=ctx.cfg.name, method=method, config=config_to_dict(ctx.cfg),
                      history=[] if log is None else log.history, selected=selected, pseudo_label_quality=quality,
-                     info=info, seconds=seconds, test_scores=scores, states=states)
+                     info=info, seconds=seconds, test_scores=scores, states=states,
+                     stage_labels={k: np.asarray(v, np.float32) for k, v in stages.items()})
 
 
 def _trainer(ctx: Context) -> StudentTrainer:
@@ -385,6 +387,11 @@ def save_result(result: RunResult, out_dir: str | Path, *, checkpoints: bool = T
                              epoch=e, alpha=result.history[e]["alpha"],
                              extra={"class_ids": result.info["class_ids"], "prompt_names": result.info["prompt_names"],
                                     "selection_rule": rule, "run": result.name})
+    if result.stage_labels:
+        import io
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **result.stage_labels)
+        atomic_write_bytes(d / "pseudo_labels.npz", buf.getvalue())
     atomic_write_text(d / "result.json", json.dumps(_jsonify(result.to_json()), indent=1))  # last: marks "done"
     return d
 
@@ -401,6 +408,8 @@ def run(cfg: RunConfig, *, ctx: Context | None = None, force: bool = False, save
     out = Path(cfg.out_dir) / cfg.name
     if save and not force and (out / "result.json").exists():
         return load_result(out)
+    if ctx is not None and ctx.cfg != cfg:   # a shared context (same data and teacher), this run's config
+        ctx = replace(ctx, cfg=cfg)
     result = RUNNERS[cfg.method](cfg, ctx)
     if save:
         save_result(result, cfg.out_dir)

@@ -1,0 +1,83 @@
+"""notebooks/params/*.yaml build valid RunConfigs, and every notebook has one well-formed `parameters` cell.
+
+papermill injects every key of a params file into every notebook. The keys that name a RunConfig field
+(``<section>_<field>`` or a top-level field) must build a RunConfig (nothing is loaded: placeholder paths are
+fine); the others must be known notebook-only keys, so that a misspelt config key fails here instead of being
+silently ignored.
+"""
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ccdlib import RunConfig, run_config_from_params
+from ccdlib.tables import config_params, flat_config_keys
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+PARAMS = sorted((NOTEBOOKS / "params").glob("*.yaml"))
+
+#: Keys read by notebooks only (``out_dir`` is also a RunConfig key, but a notebook's out_dir is its reports
+#: folder; runs go to ``out_dir/runs``).
+NOTEBOOK_KEYS = {"out_dir", "n_examples", "force", "ablation_switches", "ablation_r", "ablation_offset",
+                 "ablation_bound", "ablation_box_rule"}
+
+#: Parameter names shared by all notebooks (a notebook that uses one of these settings uses this name).
+SHARED = {"out_dir", "cache_dir", "data_kind", "data_root", "data_n_train", "data_n_test", "teacher_backend",
+          "teacher_arch", "teacher_pretrained", "student_trunk", "student_mode", "student_image_size",
+          "student_trunk_weights", "epochs", "seed"}
+
+
+def test_the_expected_params_files_exist():
+    assert {p.stem for p in PARAMS} >= {"default", "voc2007", "voc2012", "coco2014", "nuswide"}
+
+
+@pytest.mark.parametrize("path", PARAMS, ids=[p.stem for p in PARAMS])
+def test_params_file_builds_a_run_config(path):
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict) and data
+    unknown = set(data) - flat_config_keys() - NOTEBOOK_KEYS
+    assert not unknown, f"{path.name}: keys that are neither RunConfig fields nor notebook keys: {sorted(unknown)}"
+    required = SHARED - ({"data_n_train", "data_n_test"} if data["data_kind"] != "mosaic" else set())
+    assert required <= set(data), f"{path.name} lacks shared keys {sorted(required - set(data))}"
+    for method in ("teacher_global", "cdul", "ccd", "supervised"):
+        cfg = run_config_from_params(config_params(data), method=method, out_dir="runs")
+        assert isinstance(cfg, RunConfig) and cfg.epochs == data["epochs"]
+    cfg = run_config_from_params(config_params(data), method="ccd")
+    for r in data.get("ablation_r", []):
+        run_config_from_params(config_params(data), method="ccd", ccd_r=r)
+    assert cfg.data.kind == data["data_kind"]
+
+
+def test_default_params_are_the_embedded_study():
+    data = yaml.safe_load((NOTEBOOKS / "params" / "default.yaml").read_text())
+    assert data["out_dir"] == "../reports" and data["data_kind"] == "mosaic" and data["teacher_backend"] == "conse"
+    cfg = run_config_from_params(config_params(data))
+    assert (cfg.data.n_train, cfg.data.n_test, cfg.teacher.arch, cfg.student.image_size, cfg.epochs) == (
+        320, 160, "efficientnet-lite2", 448, 10)
+
+
+@pytest.mark.parametrize("name", ["voc2007", "voc2012", "coco2014", "nuswide"])
+def test_paper_params_follow_the_released_code(name):
+    cfg = run_config_from_params(config_params(yaml.safe_load((NOTEBOOKS / "params" / f"{name}.yaml").read_text())))
+    assert (cfg.teacher.backend, cfg.teacher.arch, cfg.teacher.image_size) == ("open_clip", "RN50x64", 640)
+    assert (cfg.student.trunk, cfg.student.mode, cfg.student.image_size, cfg.epochs) == ("resnet50", "finetune", 448, 10)
+    assert cfg.data.kind == name and cfg.data.root
+
+
+NOTEBOOK_FILES = sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=[p.stem for p in NOTEBOOK_FILES])
+def test_notebook_has_one_parameters_cell_of_annotated_literals(path):
+    nb = json.loads(path.read_text())
+    tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters'"
+    cell = tagged[0]
+    assert cell["cell_type"] == "code" and not cell.get("outputs"), f"{path.name}: outputs not stripped"
+    source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+    for node in ast.parse(source).body:
+        assert isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name), (
+            f"{path.name}: line {node.lineno} of the parameters cell is not `name: type = literal`")
+        ast.literal_eval(node.value)
