@@ -55,7 +55,7 @@ def test_default_params_are_the_embedded_study():
     assert data["out_dir"] == "../reports" and data["data_kind"] == "mosaic" and data["teacher_backend"] == "conse"
     cfg = run_config_from_params(config_params(data))
     assert (cfg.data.n_train, cfg.data.n_test, cfg.teacher.arch, cfg.student.image_size, cfg.epochs) == (
-        320, 160, "efficientnet-lite2", 448, 10)
+        320, 160, "efficientnet-lite0", 448, 10)
 
 
 @pytest.mark.parametrize("name", ["voc2007", "voc2012", "coco2014", "nuswide"])
