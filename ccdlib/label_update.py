@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -22,11 +22,16 @@ import torch.nn.functional as F
 from .pseudolabels import debias, label_smoothing_floor
 from .views import View
 
+#: CAMs of all ``N`` images, ``(N, C, h, w)``, or a function of image indices returning theirs, ``(len(idx), C, h, w)``
+#: (e.g. :meth:`ccdlib.student.StudentTrainer.cams`): then they are computed block by block, never all at once.
+CAMSource = Union[np.ndarray, Callable[[np.ndarray], np.ndarray]]
+
 __all__ = [
     "calibrate_class_threshold",
     "select_classes",
     "cam_to_box",
     "cam_boxes",
+    "CAMSource",
     "local_pseudo_labels",
     "mix_labels",
     "LabelUpdateResult",
@@ -88,29 +93,47 @@ def cam_to_box(cam: np.ndarray | torch.Tensor, *, resolution: int = 640, thresho
     raise ValueError(f"box_rule must be 'minmax' or 'raster', got {box_rule!r}")
 
 
-def cam_boxes(cams: np.ndarray, selected: np.ndarray, image_sizes: Sequence[tuple[int, int]], *,
+def cam_boxes(cams: CAMSource, selected: np.ndarray, image_sizes: Sequence[tuple[int, int]], *,
               offset: float = 80, resolution: int = 640, threshold: float = 0.95, box_rule: str = "minmax",
-              ) -> tuple[list[View], np.ndarray]:
+              block: int = 256) -> tuple[list[View], np.ndarray]:
     """Boxes of every selected (image, class): ``cams (N, C, h, w)``, ``selected (N, C)`` -> crop views in image
-    pixels and ``(M, 2)`` int array of their ``(image, class)``.
+    pixels and ``(M, 2)`` int array of their ``(image, class)``, image-major.
 
     The box is found on the ``resolution`` grid (the released code's 640x640 teacher input), grown by ``offset``
-    grid pixels on every side, clipped to the grid, then scaled to the image's own pixel size.
+    grid pixels on every side, clipped to the grid, then scaled to the image's own pixel size. ``cams`` may be a
+    function of image indices (:data:`CAMSource`): it is then called for ``block`` images with a selected class at a
+    time, so memory does not grow with ``N``.
     """
     views: list[View] = []
     owners: list[tuple[int, int]] = []
-    for i, c in zip(*np.nonzero(selected)):
-        box = cam_to_box(cams[i, c], resolution=resolution, threshold=threshold, box_rule=box_rule)
-        if box is None:
-            continue
-        x0, y0, x1, y1 = box
-        x0, y0 = max(0.0, x0 - offset), max(0.0, y0 - offset)
-        x1, y1 = min(float(resolution), x1 + offset), min(float(resolution), y1 + offset)
-        w, h = image_sizes[i]
-        sx, sy = w / resolution, h / resolution
-        views.append(View(int(i), (x0 * sx, y0 * sy, x1 * sx, y1 * sy)))
-        owners.append((int(i), int(c)))
+    selected = np.asarray(selected)
+    rows = np.flatnonzero(selected.any(axis=1))
+    for start in range(0, len(rows), block):
+        idx = rows[start:start + block]
+        part = np.asarray(cams(idx)) if callable(cams) else None
+        if part is not None and part.shape[0] != len(idx):
+            raise ValueError(f"the CAM function returned {part.shape[0]} maps for {len(idx)} images")
+        for j, i in enumerate(idx):
+            for c in np.flatnonzero(selected[i]):
+                _add_box(views, owners, part[j, c] if part is not None else cams[i, c], int(i), int(c), image_sizes,
+                         offset=offset, resolution=resolution, threshold=threshold, box_rule=box_rule)
     return views, np.asarray(owners, dtype=np.int64).reshape(-1, 2)
+
+
+def _add_box(views: list[View], owners: list[tuple[int, int]], cam, i: int, c: int,
+             image_sizes: Sequence[tuple[int, int]], *, offset: float, resolution: int, threshold: float,
+             box_rule: str) -> None:
+    """Append image ``i``'s crop view for class ``c`` (nothing for a flat map)."""
+    box = cam_to_box(cam, resolution=resolution, threshold=threshold, box_rule=box_rule)
+    if box is None:
+        return
+    x0, y0, x1, y1 = box
+    x0, y0 = max(0.0, x0 - offset), max(0.0, y0 - offset)
+    x1, y1 = min(float(resolution), x1 + offset), min(float(resolution), y1 + offset)
+    w, h = image_sizes[i]
+    sx, sy = w / resolution, h / resolution
+    views.append(View(i, (x0 * sx, y0 * sy, x1 * sx, y1 * sy)))
+    owners.append((i, c))
 
 
 def local_pseudo_labels(crop_probs: np.ndarray, crop_images: np.ndarray, n_images: int, bias: np.ndarray, *,
@@ -149,7 +172,7 @@ class LabelUpdateResult:
     crops_per_image: float
 
 
-def classifier_guided_label_update(*, y_prev: np.ndarray, student_probs: np.ndarray, cams: np.ndarray,
+def classifier_guided_label_update(*, y_prev: np.ndarray, student_probs: np.ndarray, cams: CAMSource,
                                    teacher, classifier: torch.Tensor, image_paths: Sequence[str | Path],
                                    image_sizes: Sequence[tuple[int, int]], bias: np.ndarray,
                                    ls: float | None = 20, r: float = 0.2, offset: float = 80,
@@ -158,7 +181,13 @@ def classifier_guided_label_update(*, y_prev: np.ndarray, student_probs: np.ndar
                                    batch_size: int = 64, cache_dir: str | Path | None = None,
                                    progress: bool = True) -> LabelUpdateResult:
     """SPEC §6, end to end. ``y_prev (N, C)`` debiased global labels, ``student_probs (N, C)`` sigmoid outputs,
-    ``cams (N, C, h, w)`` -> :class:`LabelUpdateResult`. Crops of all images are scored in shared batches."""
+    ``cams (N, C, h, w)`` or a function of image indices (:data:`CAMSource`, e.g. ``trainer.cams``) ->
+    :class:`LabelUpdateResult`. Crops of all images are scored in shared batches.
+
+    Memory: no crop pixels are held beyond one teacher batch (:func:`~ccdlib.scoring.embed_views` streams); what
+    grows with ``N`` is the crop list (``M`` views, ~5 per image), the crop embeddings ``(M, D)`` float32 and, when
+    ``cams`` is an array, the CAMs ``(N, C, h, w)`` float32 (pass a function to compute them block by block).
+    """
     from .scoring import embed_views
 
     if tau0 is None:

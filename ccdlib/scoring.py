@@ -90,6 +90,11 @@ def embed_views(teacher: Teacher, image_paths: Sequence[str | Path], views: Sequ
         chunk_size: views per cache file (the unit of resumption and of torchrun sharding).
         cache_dir: root of the disk cache; ``None`` disables caching.
         on_chunk: called with the chunk index after each chunk is finished (tests use it to interrupt).
+
+    Memory: pixels are held for one batch at a time (``batch_size`` preprocessed views, e.g. 64 x 3 x 260 x 260
+    float32 = 52 MB, plus the decoded images of that batch); what accumulates is the result, ``V x D`` float32
+    (ConSE: D = 384, 1.5 KB per view; CLIP RN50x64: D = 1024, 4 KB per view). Under torchrun every rank also
+    receives every other rank's chunks (``all_gather_object``), so each holds the full ``(V, D)`` array.
     """
     global last_stats
     stats = ScoringStats()

