@@ -317,7 +317,7 @@ def run_ccd(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
     # 4. the classifier-guided label update, once (SPEC §6)
     if c.local_views:
         upd = timer("label_update", lambda: classifier_guided_label_update(
-            y_prev=y, student_probs=log.train_probabilities(), cams=trainer.cams(), teacher=ctx.teacher,
+            y_prev=y, student_probs=log.train_probabilities(), cams=trainer.cams, teacher=ctx.teacher,
             classifier=ctx.classifier, image_paths=ctx.train.image_paths, image_sizes=ctx.image_sizes("train"),
             bias=init.bias, ls=c.ls or None, r=c.r, offset=c.offset, resolution=c.resolution,
             threshold=c.cam_threshold, box_rule=c.box_rule, bound=c.bound, seed=cfg.seed,
