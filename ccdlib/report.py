@@ -169,7 +169,7 @@ def build_index(reports: str | Path = "reports", *, params: str | Path | None = 
          f"<code>{html.escape(run_info['commit'])}</code> with <code>{html.escape(str(params))}</code>"
          + (f"; <code>make reproduce</code> took {seconds / 60:.1f} min" if seconds is not None else "") + ".</p>"]
     import pandas as pd
-    for nb, entries in by_nb.items():
+    for nb, entries in sorted(by_nb.items()):   # notebooks in their numbered order
         md += [f"## {nb}", ""]
         page = reports / "html" / f"{nb}.html"
         links = f"[executed notebook](notebooks/{nb}.ipynb)" + (f" · [HTML](html/{nb}.html)" if page.exists() else "")
