@@ -17,8 +17,9 @@ and b/c (fraction of the bare forward's speed that the full pipeline keeps; goal
 Teachers: ConSE EfficientNet-Lite0 and -Lite2 (the offline default) and an open_clip RN50 with random weights
 (``pretrained=None``: the same compute as the pretrained model), each at its native input size.
 
-    python benchmarks/crop_scoring.py                       # ~240 crops, batch 64, all three teachers
+    python benchmarks/crop_scoring.py                       # ~240 crops, auto batch, all three teachers
     python benchmarks/crop_scoring.py --crops 200 --teachers conse:efficientnet-lite0 --device cuda
+    python benchmarks/crop_scoring.py --sweep 1,4,16,64     # and (b) at several batch sizes
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ccdlib.scoring import embed_views, load_rgb  # noqa: E402
+from ccdlib.scoring import auto_forward_batch, embed_views, load_rgb  # noqa: E402
 from ccdlib.teachers import build_teacher, TeacherConfig  # noqa: E402
 from ccdlib.views import View, crop_view, expand_box  # noqa: E402
 
@@ -102,6 +103,7 @@ def bench_teacher(spec: str, paths, views, n_images: int, *, batch: int, repeat:
     backend, arch = spec.split(":", 1)
     teacher = build_teacher(TeacherConfig(backend=backend, arch=arch, pretrained=None, device=device))
     dev = teacher.device
+    batch = batch or auto_forward_batch(dev, teacher.image_size)
     # pre-cut and pre-resized crops for the bound (not timed)
     images = {i: load_rgb(paths[i]) for i in sorted({v.image for v in views})}
     x = torch.stack([teacher.preprocess(crop_view(images[v.image], v.box)) for v in views])
@@ -123,7 +125,7 @@ def bench_teacher(spec: str, paths, views, n_images: int, *, batch: int, repeat:
         t, ec = timed(lambda: bare_forward(teacher, x, batch), dev)
         tc = min(tc, t)
     n = len(views)
-    return {"teacher": f"{backend} {arch}", "size": teacher.image_size, "device": str(dev), "crops": n,
+    return {"teacher": f"{backend} {arch}", "size": teacher.image_size, "device": str(dev), "crops": n, "batch": batch,
             "images": n_images, "a_s": ta, "b_s": tb, "c_s": tc,
             "a_crops": n / ta, "b_crops": n / tb, "c_crops": n / tc,
             "a_img": n_images / ta, "b_img": n_images / tb, "c_img": n_images / tc,
@@ -136,11 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--teachers", default=",".join(DEFAULT_TEACHERS),
                     help="comma-separated backend:arch (default: %(default)s)")
     ap.add_argument("--crops", type=int, default=240, help="about this many crops (default 240)")
-    ap.add_argument("--batch", type=int, default=64, help="crops per forward pass in (b) and (c) (default 64)")
+    ap.add_argument("--batch", type=int, default=0,
+                    help="crops per forward pass in (b) and (c) (default 0: ccdlib's auto_forward_batch for the "
+                         "teacher's device and input size, e.g. 4 at 224 px on a CPU, 64 on a GPU)")
     ap.add_argument("--repeat", type=int, default=2, help="timings per method; the best is kept (default 2)")
     ap.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda:0 ...")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--data-root", default=None, help="a built mosaic set (default: the embedded default split)")
+    ap.add_argument("--sweep", default="", help="also time (b) at these comma-separated batch sizes, e.g. 1,4,16,64")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = embedded_dataset("train", root=args.data_root, progress=False)
     views, n_images = crops_from_gt(ds, args.crops)
     paths = ds.image_paths
-    print(f"# crop scoring: {len(views)} crops of {n_images} mosaic images ({ds.name}), batch {args.batch}, "
+    print(f"# crop scoring: {len(views)} crops of {n_images} mosaic images ({ds.name}), batch {args.batch or 'auto'}, "
           f"best of {args.repeat}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"{platform.processor() or platform.machine()}, cuda={torch.cuda.is_available()}", flush=True)
     rows = []
@@ -160,13 +165,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"#   {r['teacher']}: a {r['a_s']:.1f}s  b {r['b_s']:.1f}s  c {r['c_s']:.1f}s  "
               f"(max |a-b| {r['max_diff_ab']:.1e}, |b-c| {r['max_diff_bc']:.1e})", flush=True)
     print()
-    print("| teacher | input px | device | crops | (a) released: img/s, crops/s | (b) ccdlib: img/s, crops/s "
-          "| (c) bound: img/s, crops/s | b/a (goal >= 10) | b/c (goal >= 0.85) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| teacher | input px | device | crops | batch (b, c) | (a) released: img/s, crops/s | (b) ccdlib: img/s, "
+          "crops/s | (c) bound: img/s, crops/s | b/a (goal >= 10) | b/c (goal >= 0.85) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['teacher']} | {r['size']} | {r['device']} | {r['crops']} | {r['a_img']:.1f}, {r['a_crops']:.1f} "
+        print(f"| {r['teacher']} | {r['size']} | {r['device']} | {r['crops']} | {r['batch']} "
+              f"| {r['a_img']:.1f}, {r['a_crops']:.1f} "
               f"| {r['b_img']:.1f}, {r['b_crops']:.1f} | {r['c_img']:.1f}, {r['c_crops']:.1f} "
               f"| {r['b_over_a']:.2f} | {r['b_over_c']:.2f} |")
+    if args.sweep:
+        sizes = [int(b) for b in args.sweep.split(",")]
+        print()
+        print("| teacher | device | " + " | ".join(f"(b) crops/s at batch {b}" for b in sizes) + " |")
+        print("|---|---|" + "---|" * len(sizes))
+        for spec in [s.strip() for s in args.teachers.split(",") if s.strip()]:
+            backend, arch = spec.split(":", 1)
+            teacher = build_teacher(TeacherConfig(backend=backend, arch=arch, pretrained=None, device=args.device))
+            ccdlib_batched(teacher, paths, views[:max(sizes)], max(sizes))  # warm-up
+            rates = []
+            for b in sizes:
+                t = min(timed(lambda: ccdlib_batched(teacher, paths, views, b), teacher.device)[0]
+                        for _ in range(args.repeat))
+                rates.append(len(views) / t)
+            print(f"| {backend} {arch} | {teacher.device} | " + " | ".join(f"{r:.1f}" for r in rates) + " |", flush=True)
     return 0
 
 

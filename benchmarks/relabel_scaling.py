@@ -131,7 +131,7 @@ class PeakRSS:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
-def measure(n_train: int, bench: Path, cache: Path, threads: int = 0) -> dict:
+def measure(n_train: int, bench: Path, cache: Path, threads: int = 0, teacher_batch: int = 0) -> dict:
     """One timed run of the stage in this (fresh) process."""
     import numpy as np
     import psutil
@@ -149,6 +149,8 @@ def measure(n_train: int, bench: Path, cache: Path, threads: int = 0) -> dict:
     inputs = {k: z[k] for k in z.files}
     teacher = get_teacher(cfg.teacher)
     classifier = teacher.text_classifier([str(p) for p in inputs["prompt_names"]], cfg.teacher.templates)
+    from ccdlib.scoring import auto_forward_batch
+    batch = teacher_batch or cfg.teacher_batch_size or auto_forward_batch(teacher.device, teacher.image_size)
     before = psutil.Process().memory_info().rss
     with PeakRSS() as rss:
         t = time.perf_counter()
@@ -157,7 +159,8 @@ def measure(n_train: int, bench: Path, cache: Path, threads: int = 0) -> dict:
             classifier=classifier, image_paths=[Path(p) for p in inputs["paths"]],
             image_sizes=[tuple(s) for s in inputs["sizes"]], bias=inputs["bias"], ls=c.ls or None, r=c.r,
             offset=c.offset, resolution=c.resolution, threshold=c.cam_threshold, box_rule=c.box_rule,
-            bound=c.bound, seed=cfg.seed, batch_size=cfg.teacher_batch_size, cache_dir=cache, progress=False)
+            bound=c.bound, seed=cfg.seed, batch_size=batch, cache_dir=cache,
+            progress=False)
         seconds = time.perf_counter() - t
     from ccdlib import scoring
     return {"n_train": n_train, "seconds": seconds, "crops": len(upd.crops), "tau": upd.tau,
@@ -165,7 +168,8 @@ def measure(n_train: int, bench: Path, cache: Path, threads: int = 0) -> dict:
             "rss_before_mb": before / 2**20, "rss_peak_mb": rss.peak / 2**20,
             "stage_mb": (rss.peak - before) / 2**20,
             "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "cams_mb": inputs["cams"].nbytes / 2**20, "threads": __import__("torch").get_num_threads()}
+            "cams_mb": inputs["cams"].nbytes / 2**20, "threads": torch.get_num_threads(),
+            "teacher_batch": batch}
 
 
 # --------------------------------------------------------------------------------------------- driver
@@ -182,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scales", default="1,2,4", help="multiples of --base training images (default 1,2,4)")
     ap.add_argument("--base", type=int, default=400, help="training images at 1x (default 400: the default split)")
     ap.add_argument("--repeat", type=int, default=2, help="runs per measurement, the best is kept (default 2)")
+    ap.add_argument("--teacher-batch", type=int, default=0,
+                    help="teacher batch size (0: auto, ccdlib.scoring.auto_forward_batch: 2 for Lite2 on a CPU, 64 on a GPU)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads in the measurements (0: torch's default)")
     ap.add_argument("--bench-dir", default=None, help="where inputs and mosaics are kept (default $CCDLIB_CACHE/bench)")
     ap.add_argument("--mode", choices=["drive", "prepare", "measure"], default="drive", help=argparse.SUPPRESS)
@@ -194,11 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"inputs": str(prepare(args.n_train, bench))}))
         return 0
     if args.mode == "measure":
-        print(json.dumps(measure(args.n_train, bench, Path(args.cache), args.threads)))
+        print(json.dumps(measure(args.n_train, bench, Path(args.cache), args.threads, args.teacher_batch)))
         return 0
 
     scales = [int(s) for s in args.scales.split(",")]
-    common = ["--bench-dir", str(bench), "--threads", str(args.threads)]
+    common = ["--bench-dir", str(bench), "--threads", str(args.threads), "--teacher-batch", str(args.teacher_batch)]
     rows = []
     for k in scales:
         n = args.base * k
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += [dict(best[p], scale=k) for p in ("cold", "warm")]
     base = {r["phase"]: r for r in rows if r["scale"] == scales[0]}
     print(f"# relabelling stage (SPEC §6), default teacher and student, best of {args.repeat}; "
-          f"{rows[0]['threads']} torch threads")
+          f"{rows[0]['threads']} torch threads, teacher batch {rows[0]['teacher_batch']}")
     print("| scale | train images | phase | crops | seconds | crops/s | images/s | time / 1x | "
           "RSS before (MB) | peak RSS (MB) | stage working set (MB) | CAM input (MB) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -128,7 +128,7 @@ class RunConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     ccd: CCDConfig = field(default_factory=CCDConfig)
     cdul: CDULConfig = field(default_factory=CDULConfig)
-    teacher_batch_size: int = 64
+    teacher_batch_size: int = 0     # views per teacher forward pass; 0 = auto (scoring.auto_forward_batch)
     out_dir: str = "results"
     cache_dir: str | None = None    # None: $CCDLIB_CACHE or ~/.cache/ccdlib
     tag: str = ""                   # free text added to the run name
@@ -138,8 +138,8 @@ class RunConfig:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.teacher_batch_size < 1:
-            raise ConfigError(f"teacher_batch_size must be >= 1, got {self.teacher_batch_size}")
+        if self.teacher_batch_size < 0:
+            raise ConfigError(f"teacher_batch_size must be >= 1, or 0 for auto, got {self.teacher_batch_size}")
         if self.method == "ccd" and self.ccd.local_views and self.ccd.warmup_epochs >= self.epochs:
             raise ConfigError(f"ccd.warmup_epochs ({self.ccd.warmup_epochs}) must be < epochs ({self.epochs})")
 
@@ -148,7 +148,7 @@ class RunConfig:
         """A run name templated from the config: method, data, teacher, student, a hash of the rest."""
         from .cache import stable_hash
         d = config_to_dict(self)
-        for k in ("out_dir", "cache_dir"):          # where results and caches go does not change them
+        for k in ("out_dir", "cache_dir", "teacher_batch_size"):  # where results go and how fast: not what they are
             d.pop(k)
         parts = [self.method, self.data.kind, self.teacher.arch, self.student.trunk, self.student.mode,
                  f"s{self.seed}", stable_hash(d, 8)]

@@ -178,7 +178,7 @@ def classifier_guided_label_update(*, y_prev: np.ndarray, student_probs: np.ndar
                                    ls: float | None = 20, r: float = 0.2, offset: float = 80,
                                    resolution: int = 640, threshold: float = 0.95, box_rule: str = "minmax",
                                    tau0: float | None = None, bound: float = 4, seed: int = 0,
-                                   batch_size: int = 64, cache_dir: str | Path | None = None,
+                                   batch_size: int | None = None, cache_dir: str | Path | None = None,
                                    progress: bool = True) -> LabelUpdateResult:
     """SPEC §6, end to end. ``y_prev (N, C)`` debiased global labels, ``student_probs (N, C)`` sigmoid outputs,
     ``cams (N, C, h, w)`` or a function of image indices (:data:`CAMSource`, e.g. ``trainer.cams``) ->

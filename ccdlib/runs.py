@@ -110,7 +110,7 @@ def make_context(cfg: RunConfig) -> Context:
 # --------------------------------------------------------------------------------------------- teacher views
 def view_probabilities(ctx: Context, split: str, views: list[View], *, desc: str = "teacher") -> np.ndarray:
     """Teacher probabilities of arbitrary views of a split's images: ``(V, C)`` (batched, cached)."""
-    emb = embed_views(ctx.teacher, ctx.split(split).image_paths, views, batch_size=ctx.cfg.teacher_batch_size,
+    emb = embed_views(ctx.teacher, ctx.split(split).image_paths, views, batch_size=ctx.cfg.teacher_batch_size or None,
                       cache_dir=ctx.cache_dir, desc=desc)
     return ctx.teacher.predict(emb, ctx.classifier).numpy()
 
@@ -321,7 +321,7 @@ def run_ccd(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
             classifier=ctx.classifier, image_paths=ctx.train.image_paths, image_sizes=ctx.image_sizes("train"),
             bias=init.bias, ls=c.ls or None, r=c.r, offset=c.offset, resolution=c.resolution,
             threshold=c.cam_threshold, box_rule=c.box_rule, bound=c.bound, seed=cfg.seed,
-            batch_size=cfg.teacher_batch_size, cache_dir=ctx.cache_dir))
+            batch_size=cfg.teacher_batch_size or None, cache_dir=ctx.cache_dir))
         y = upd.labels
         stages["ccd_local"] = np.where(upd.has_crops[:, None], upd.local, init.labels)
         stages["ccd_updated"] = upd.labels

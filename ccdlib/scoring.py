@@ -24,7 +24,7 @@ from .errors import DatasetError
 from .teachers import Teacher
 from .views import View, crop_view
 
-__all__ = ["embed_views", "score_views", "ScoringStats", "load_rgb"]
+__all__ = ["embed_views", "score_views", "auto_forward_batch", "ScoringStats", "load_rgb"]
 
 
 class ScoringStats:
@@ -76,8 +76,23 @@ def _cut_views(image_paths: Sequence[str | Path], views: Sequence[View], teacher
     return torch.stack(out)  # type: ignore[arg-type]
 
 
+#: Views cut (decoded, cropped, resized) per group: decoding once per group lets the views of one image share a decode.
+CUT_GROUP = 64
+
+
+def auto_forward_batch(device: torch.device | str, image_size: int) -> int:
+    """The default number of views per teacher forward pass: 64 on an accelerator; on a CPU the largest batch
+    whose activations stay in cache, ``max(1, 4 * 224^2 // image_size^2)`` (4 at 224 px, 2 at 260 px, 1 at
+    448 px and above). Measured on a 2-core CPU (benchmarks/README.md): EfficientNet-Lite0 at 224 px runs
+    ~105-140 views/s at batch 1-4 but ~30 at batch 64, where each layer's activations fall out of the caches.
+    """
+    if torch.device(device).type != "cpu":
+        return 64
+    return max(1, (4 * 224 * 224) // (int(image_size) ** 2))
+
+
 def embed_views(teacher: Teacher, image_paths: Sequence[str | Path], views: Sequence[View], *,
-                batch_size: int = 64, chunk_size: int = 512, cache_dir: str | Path | None = None,
+                batch_size: int | None = None, chunk_size: int = 512, cache_dir: str | Path | None = None,
                 progress: bool = True, desc: str = "teacher", on_chunk: Callable[[int], None] | None = None,
                 ) -> np.ndarray:
     """Teacher embeddings of ``V`` views: ``(V, D)`` float32, L2-normalised.
@@ -86,19 +101,23 @@ def embed_views(teacher: Teacher, image_paths: Sequence[str | Path], views: Sequ
         teacher: any :class:`~ccdlib.teachers.Teacher`.
         image_paths: the ``N`` image files that ``View.image`` indexes.
         views: ``V`` views (whole images, tiles, crops; mixed sizes).
-        batch_size: views per forward pass.
+        batch_size: views per forward pass; ``None`` = :func:`auto_forward_batch` for the teacher's device and
+            input size. Views are cut in groups of the smallest multiple of ``batch_size`` >= ``CUT_GROUP`` (one decode
+            per image per group).
         chunk_size: views per cache file (the unit of resumption and of torchrun sharding).
         cache_dir: root of the disk cache; ``None`` disables caching.
         on_chunk: called with the chunk index after each chunk is finished (tests use it to interrupt).
 
-    Memory: pixels are held for one batch at a time (``batch_size`` preprocessed views, e.g. 64 x 3 x 260 x 260
-    float32 = 52 MB, plus the decoded images of that batch); what accumulates is the result, ``V x D`` float32
+    Memory: pixels are held for one cut group at a time (e.g. 64 preprocessed views x 3 x 260 x 260 float32 =
+    52 MB, plus the decoded images of that group); what accumulates is the result, ``V x D`` float32
     (ConSE: D = 384, 1.5 KB per view; CLIP RN50x64: D = 1024, 4 KB per view). Under torchrun every rank also
     receives every other rank's chunks (``all_gather_object``), so each holds the full ``(V, D)`` array.
     """
     global last_stats
     stats = ScoringStats()
     last_stats = stats
+    if batch_size is None:
+        batch_size = auto_forward_batch(getattr(teacher, "device", "cpu"), getattr(teacher, "image_size", 224))
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size}, {chunk_size}")
     cache = ArrayCache(cache_dir, "embeddings")
@@ -128,12 +147,13 @@ def embed_views(teacher: Teacher, image_paths: Sequence[str | Path], views: Sequ
         arr = cache.get(key)
         if arr is None:
             parts = []
-            for b in range(0, len(chunk), batch_size):
-                sub = chunk[b:b + batch_size]
-                x = _cut_views(image_paths, sub, teacher)
-                parts.append(teacher.encode_images(x).float().cpu().numpy())
-                if bar is not None:
-                    bar.update(len(sub))
+            group = batch_size * -(-CUT_GROUP // batch_size)  # a multiple of batch_size, >= CUT_GROUP
+            for g in range(0, len(chunk), group):
+                x = _cut_views(image_paths, chunk[g:g + group], teacher)
+                for b in range(0, len(x), batch_size):
+                    parts.append(teacher.encode_images(x[b:b + batch_size]).float().cpu().numpy())
+                    if bar is not None:
+                        bar.update(len(x[b:b + batch_size]))
             arr = np.concatenate(parts).astype(np.float32)
             cache.put(key, arr)
             stats.chunks_computed += 1

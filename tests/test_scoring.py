@@ -154,6 +154,34 @@ def test_each_image_decoded_once_per_batch(images, monkeypatch):
     assert sorted(decoded) == sorted(map(str, images))
 
 
+def test_small_forward_batches_share_one_decode_per_group(images, monkeypatch):
+    """Forward batches of 2 views still decode each image once per cut group (CUT_GROUP views), not per batch."""
+    decoded: list[str] = []
+    real = ccdlib.scoring.load_rgb
+    monkeypatch.setattr(ccdlib.scoring, "load_rgb", lambda p: decoded.append(str(p)) or real(p))
+    t = FakeTeacher()
+    views = _image_major()  # 20 views, 5 per image
+    got = embed_views(t, images, views, batch_size=2, chunk_size=20, cache_dir=None, progress=False)
+    assert t.calls == [2] * 10
+    assert len(decoded) == 4
+    np.testing.assert_allclose(got, _reference(FakeTeacher(), images, views), atol=1e-6)
+
+
+@pytest.mark.parametrize("device,size,expected", [("cpu", 224, 4), ("cpu", 260, 2), ("cpu", 448, 1),
+                                                  ("cpu", 640, 1), ("cpu", 112, 16), ("cuda", 224, 64),
+                                                  ("cuda", 640, 64)])
+def test_auto_forward_batch(device, size, expected):
+    assert ccdlib.scoring.auto_forward_batch(device, size) == expected
+
+
+def test_default_batch_is_auto(images):
+    """batch_size=None: FakeTeacher (CPU, 8 px) gets 4 * 224^2 // 8^2 = 3136 views per pass -> one pass per chunk."""
+    t = FakeTeacher()
+    views = _mixed_views()
+    embed_views(t, images, views, chunk_size=11, cache_dir=None, progress=False)
+    assert t.calls == [min(11, len(views) - c) for c in range(0, len(views), 11)]
+
+
 def test_score_views_is_softmax_of_embeddings(images):
     t = FakeTeacher()
     views = _mixed_views()
