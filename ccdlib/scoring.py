@@ -11,7 +11,9 @@ ranks and the embeddings are gathered, so every rank returns the full ``(V, D)``
 """
 from __future__ import annotations
 
+import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -76,6 +78,21 @@ def _cut_views(image_paths: Sequence[str | Path], views: Sequence[View], teacher
     return torch.stack(out)  # type: ignore[arg-type]
 
 
+def _cut_groups(image_paths: Sequence[str | Path], groups: Sequence[Sequence[View]], teacher: Teacher,
+                pool=None):
+    """Yield :func:`_cut_views` of each group in order; with a thread ``pool``, group ``g + 1`` is cut while the
+    caller works on group ``g`` (errors surface when the group is reached)."""
+    if pool is None:
+        for g in groups:
+            yield _cut_views(image_paths, g, teacher)
+        return
+    nxt = pool.submit(_cut_views, image_paths, groups[0], teacher) if groups else None
+    for k in range(len(groups)):
+        x = nxt.result()
+        nxt = pool.submit(_cut_views, image_paths, groups[k + 1], teacher) if k + 1 < len(groups) else None
+        yield x
+
+
 #: Views cut (decoded, cropped, resized) per group: decoding once per group lets the views of one image share a decode.
 CUT_GROUP = 64
 
@@ -94,7 +111,7 @@ def auto_forward_batch(device: torch.device | str, image_size: int) -> int:
 def embed_views(teacher: Teacher, image_paths: Sequence[str | Path], views: Sequence[View], *,
                 batch_size: int | None = None, chunk_size: int = 512, cache_dir: str | Path | None = None,
                 progress: bool = True, desc: str = "teacher", on_chunk: Callable[[int], None] | None = None,
-                ) -> np.ndarray:
+                prefetch: bool | None = None) -> np.ndarray:
     """Teacher embeddings of ``V`` views: ``(V, D)`` float32, L2-normalised.
 
     Args:
@@ -107,6 +124,9 @@ def embed_views(teacher: Teacher, image_paths: Sequence[str | Path], views: Sequ
         chunk_size: views per cache file (the unit of resumption and of torchrun sharding).
         cache_dir: root of the disk cache; ``None`` disables caching.
         on_chunk: called with the chunk index after each chunk is finished (tests use it to interrupt).
+        prefetch: cut the next group of views in a background thread while the teacher runs on this one (PIL
+            decodes and resizes outside the GIL). ``None`` = on for an accelerator, where the forward pass would
+            otherwise wait for the cutting; off on a CPU, where both would share the same cores.
 
     Memory: pixels are held for one cut group at a time (e.g. 64 preprocessed views x 3 x 260 x 260 float32 =
     52 MB, plus the decoded images of that group); what accumulates is the result, ``V x D`` float32
@@ -120,6 +140,8 @@ def embed_views(teacher: Teacher, image_paths: Sequence[str | Path], views: Sequ
         batch_size = auto_forward_batch(getattr(teacher, "device", "cpu"), getattr(teacher, "image_size", 224))
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size}, {chunk_size}")
+    if prefetch is None:
+        prefetch = torch.device(getattr(teacher, "device", "cpu")).type != "cpu"
     cache = ArrayCache(cache_dir, "embeddings")
     tfp = teacher.fingerprint()
     fps: dict[int, dict] = {}
@@ -141,30 +163,32 @@ def embed_views(teacher: Teacher, image_paths: Sequence[str | Path], views: Sequ
         from tqdm.auto import tqdm
         bar = tqdm(total=sum(min(chunk_size, len(views) - c * chunk_size) for c in my_chunks), desc=desc, unit="view")
     t0 = time.perf_counter()
-    for c in my_chunks:
-        chunk = views[c * chunk_size:(c + 1) * chunk_size]
-        key = {"teacher": tfp, "views": [(fp(v.image), v.key()[1]) for v in chunk]}
-        arr = cache.get(key)
-        if arr is None:
-            parts = []
-            group = batch_size * -(-CUT_GROUP // batch_size)  # a multiple of batch_size, >= CUT_GROUP
-            for g in range(0, len(chunk), group):
-                x = _cut_views(image_paths, chunk[g:g + group], teacher)
-                for b in range(0, len(x), batch_size):
-                    parts.append(teacher.encode_images(x[b:b + batch_size]).float().cpu().numpy())
-                    if bar is not None:
-                        bar.update(len(x[b:b + batch_size]))
-            arr = np.concatenate(parts).astype(np.float32)
-            cache.put(key, arr)
-            stats.chunks_computed += 1
-            stats.views_computed += len(chunk)
-        else:
-            stats.chunks_cached += 1
-            if bar is not None:
-                bar.update(len(chunk))
-        results[c] = arr
-        if on_chunk is not None:
-            on_chunk(c)
+    with contextlib.ExitStack() as stack:  # the prefetch thread is joined on any exit
+        pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="ccdlib-cut")) if prefetch else None
+        for c in my_chunks:
+            chunk = views[c * chunk_size:(c + 1) * chunk_size]
+            key = {"teacher": tfp, "views": [(fp(v.image), v.key()[1]) for v in chunk]}
+            arr = cache.get(key)
+            if arr is None:
+                parts = []
+                group = batch_size * -(-CUT_GROUP // batch_size)  # a multiple of batch_size, >= CUT_GROUP
+                groups = [chunk[g:g + group] for g in range(0, len(chunk), group)]
+                for x in _cut_groups(image_paths, groups, teacher, pool):
+                    for b in range(0, len(x), batch_size):
+                        parts.append(teacher.encode_images(x[b:b + batch_size]).float().cpu().numpy())
+                        if bar is not None:
+                            bar.update(len(x[b:b + batch_size]))
+                arr = np.concatenate(parts).astype(np.float32)
+                cache.put(key, arr)
+                stats.chunks_computed += 1
+                stats.views_computed += len(chunk)
+            else:
+                stats.chunks_cached += 1
+                if bar is not None:
+                    bar.update(len(chunk))
+            results[c] = arr
+            if on_chunk is not None:
+                on_chunk(c)
     if bar is not None:
         bar.close()
     stats.seconds = time.perf_counter() - t0

@@ -167,6 +167,28 @@ def test_small_forward_batches_share_one_decode_per_group(images, monkeypatch):
     np.testing.assert_allclose(got, _reference(FakeTeacher(), images, views), atol=1e-6)
 
 
+def test_prefetch_gives_the_same_embeddings_and_batches(images):
+    """The background cutting thread changes when views are cut, not what is scored or in which batches."""
+    views = _image_major() + _mixed_views()
+    t0, t1 = FakeTeacher(), FakeTeacher()
+    plain = embed_views(t0, images, views, batch_size=3, chunk_size=13, cache_dir=None, progress=False,
+                        prefetch=False)
+    pre = embed_views(t1, images, views, batch_size=3, chunk_size=13, cache_dir=None, progress=False,
+                      prefetch=True)
+    np.testing.assert_array_equal(plain, pre)
+    assert t0.calls == t1.calls
+
+
+def test_prefetch_surfaces_a_corrupt_image(images, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg" * 10)
+    paths = list(images) + [bad]
+    views = [View(i) for i in range(len(images))] * 20 + [View(len(images))]  # the bad image in a later group
+    with pytest.raises(DatasetError, match="bad.jpg"):
+        embed_views(FakeTeacher(), paths, views, batch_size=4, chunk_size=1000, cache_dir=None, progress=False,
+                    prefetch=True)
+
+
 @pytest.mark.parametrize("device,size,expected", [("cpu", 224, 4), ("cpu", 260, 2), ("cpu", 448, 1),
                                                   ("cpu", 640, 1), ("cpu", 112, 16), ("cuda", 224, 64),
                                                   ("cuda", 640, 64)])
