@@ -1,8 +1,8 @@
 """Cost of CCD's relabelling stage (the classifier-guided label update, SPEC §6): time and memory, cold and warm,
 at 1x, 2x, 4x the number of training images.
 
-The stage is :func:`ccdlib.label_update.classifier_guided_label_update` with the default configuration (teacher
-ConSE EfficientNet-Lite2, ``ccd.*`` defaults, teacher batch 64): the class-selection threshold, one CAM box per
+The stage is :func:`ccdlib.label_update.classifier_guided_label_update` with the configuration ``make reproduce``
+runs (teacher ConSE EfficientNet-Lite0, ``ccd.*`` defaults, teacher batch auto; ``--teacher-arch``): the class-selection threshold, one CAM box per
 selected (image, class), batched teacher scoring of every crop (:func:`ccdlib.scoring.embed_views`), local labels
 and the mix. ``run_ccd`` also times the student's sigmoid outputs and CAMs under ``label_update``; here they are
 inputs, prepared once per size and kept (not timed): the real mosaic split (seed 0, ``--base`` x scale training
@@ -19,7 +19,7 @@ Per measurement: wall seconds of the stage, crops, crops/s and images/s; RSS bef
 teacher and the inputs loaded), the peak RSS during the stage (psutil, sampled every 5 ms), and the stage's
 working memory = peak - before. ``--repeat`` runs of each and the best time is kept (the memory of that run).
 
-    python benchmarks/relabel_scaling.py                  # 1x, 2x, 4x of 400 images, cold + warm, best of 2
+    python benchmarks/relabel_scaling.py                  # 1x, 2x, 4x of 320 images, cold + warm, best of 2
     python benchmarks/relabel_scaling.py --scales 1 --repeat 1
 """
 from __future__ import annotations
@@ -44,10 +44,11 @@ def _bench_dir(args) -> Path:
     return Path(args.bench_dir) if args.bench_dir else default_cache_dir() / "bench"
 
 
-def _run_config(n_train: int, bench: Path):
-    from ccdlib.config import DataConfig, RunConfig
+def _run_config(n_train: int, bench: Path, arch: str = "efficientnet-lite0"):
+    from ccdlib.config import DataConfig, RunConfig, TeacherConfig
     root = bench / "mosaics" / f"s0-n{n_train}-200-448px"
-    return RunConfig(method="ccd", data=DataConfig(kind="mosaic", root=str(root), n_train=n_train, n_test=200))
+    return RunConfig(method="ccd", data=DataConfig(kind="mosaic", root=str(root), n_train=n_train, n_test=200),
+                     teacher=TeacherConfig(backend="conse", arch=arch))
 
 
 # --------------------------------------------------------------------------------------------- prepare
@@ -80,7 +81,7 @@ def synthetic_student(ds, *, seed: int = 0, grid: int = 14) -> tuple:
 def prepare(n_train: int, bench: Path) -> Path:
     """Inputs of the stage for ``n_train`` images (cached in ``bench``): returns the ``.npz`` path.
 
-    The mosaic split is real (built under ``bench``; 1x = the default split, byte-identical to it); the student's
+    The mosaic split is real (built under ``bench``; 1x = as many images as the default split); the student's
     outputs are :func:`synthetic_student`; ``y_prev`` (the debiased global labels the local labels are mixed into)
     is a seeded stand-in too, and the bias 1 (neither changes the cost: ``O(N C)`` arithmetic).
     """
@@ -131,7 +132,8 @@ class PeakRSS:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
-def measure(n_train: int, bench: Path, cache: Path, threads: int = 0, teacher_batch: int = 0) -> dict:
+def measure(n_train: int, bench: Path, cache: Path, threads: int = 0, teacher_batch: int = 0,
+            arch: str = "efficientnet-lite0") -> dict:
     """One timed run of the stage in this (fresh) process."""
     import numpy as np
     import psutil
@@ -143,7 +145,7 @@ def measure(n_train: int, bench: Path, cache: Path, threads: int = 0, teacher_ba
     from ccdlib.label_update import classifier_guided_label_update
     from ccdlib.runs import get_teacher
 
-    cfg = _run_config(n_train, bench)
+    cfg = _run_config(n_train, bench, arch)
     c = cfg.ccd
     z = np.load(bench / f"relabel-inputs-n{n_train}.npz")
     inputs = {k: z[k] for k in z.files}
@@ -184,10 +186,14 @@ def _child(args_list: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scales", default="1,2,4", help="multiples of --base training images (default 1,2,4)")
-    ap.add_argument("--base", type=int, default=400, help="training images at 1x (default 400: the default split)")
+    ap.add_argument("--base", type=int, default=320,
+                    help="training images at 1x (default 320: the split `make reproduce` trains on)")
+    ap.add_argument("--teacher-arch", default="efficientnet-lite0",
+                    help="ConSE image model (default efficientnet-lite0, as notebooks/params/default.yaml)")
     ap.add_argument("--repeat", type=int, default=2, help="runs per measurement, the best is kept (default 2)")
     ap.add_argument("--teacher-batch", type=int, default=0,
-                    help="teacher batch size (0: auto, ccdlib.scoring.auto_forward_batch: 2 for Lite2 on a CPU, 64 on a GPU)")
+                    help="teacher batch size (0: auto, ccdlib.scoring.auto_forward_batch: on a CPU 4 for Lite0, 2 for Lite2; "
+                         "64 on a GPU)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads in the measurements (0: torch's default)")
     ap.add_argument("--bench-dir", default=None, help="where inputs and mosaics are kept (default $CCDLIB_CACHE/bench)")
     ap.add_argument("--mode", choices=["drive", "prepare", "measure"], default="drive", help=argparse.SUPPRESS)
@@ -200,11 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"inputs": str(prepare(args.n_train, bench))}))
         return 0
     if args.mode == "measure":
-        print(json.dumps(measure(args.n_train, bench, Path(args.cache), args.threads, args.teacher_batch)))
+        print(json.dumps(measure(args.n_train, bench, Path(args.cache), args.threads, args.teacher_batch,
+                                 args.teacher_arch)))
         return 0
 
     scales = [int(s) for s in args.scales.split(",")]
-    common = ["--bench-dir", str(bench), "--threads", str(args.threads), "--teacher-batch", str(args.teacher_batch)]
+    common = ["--bench-dir", str(bench), "--threads", str(args.threads), "--teacher-batch", str(args.teacher_batch),
+              "--teacher-arch", args.teacher_arch]
     rows = []
     for k in scales:
         n = args.base * k
@@ -223,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                         best[phase] = r
         rows += [dict(best[p], scale=k) for p in ("cold", "warm")]
     base = {r["phase"]: r for r in rows if r["scale"] == scales[0]}
-    print(f"# relabelling stage (SPEC §6), default teacher and student, best of {args.repeat}; "
+    print(f"# relabelling stage (SPEC §6), ConSE {args.teacher_arch}, best of {args.repeat}; "
           f"{rows[0]['threads']} torch threads, teacher batch {rows[0]['teacher_batch']}")
     print("| scale | train images | phase | crops | seconds | crops/s | images/s | time / 1x | "
           "RSS before (MB) | peak RSS (MB) | stage working set (MB) | CAM input (MB) |")
