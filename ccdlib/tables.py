@@ -48,6 +48,7 @@ METHOD_LABELS: dict[str, str] = {
     "zero_shot": "teacher zero-shot (global)",
     "teacher_global": "student on teacher-global labels",
     "cdul": "CDUL",
+    "cdul_no_ga": "CDUL without gradient alignment",
     "ccd": "CCD",
     "supervised": "supervised (upper bound)",
 }
@@ -97,6 +98,14 @@ def _row(result: Mapping[str, Any], rule: str, metrics: Sequence[str], *, label_
             **{k: float(m[k]) if m.get(k) is not None else np.nan for k in metrics}}
 
 
+def _method_key(result: Mapping[str, Any]) -> str:
+    """The :data:`METHOD_LABELS` key of a run: its method, ``cdul_no_ga`` for CDUL with gradient alignment off."""
+    cdul = (result.get("config") or {}).get("cdul") or {}
+    if result["method"] == "cdul" and cdul.get("gradient_alignment") is False:
+        return "cdul_no_ga"
+    return result["method"]
+
+
 def main_table(results: Iterable[Mapping[str, Any]], *, rule: str = "gt_free",
                metrics: Sequence[str] = MAIN_METRICS) -> pd.DataFrame:
     """One row per method: test metrics of the checkpoint that ``rule`` picked (SPEC §7, §9).
@@ -121,7 +130,7 @@ def main_table(results: Iterable[Mapping[str, Any]], *, rule: str = "gt_free",
         if res["method"] == "teacher_global" and "zero_shot" in res["selected"]:
             rows.append(_row(res, "zero_shot", metrics, label_key="zero_shot"))
         if rule in res["selected"]:
-            rows.append(_row(res, rule, metrics, label_key=res["method"]))
+            rows.append(_row(res, rule, metrics, label_key=_method_key(res)))
     cols = ["method", "selection", "epoch", "ground_truth_used", *metrics]
     df = pd.DataFrame(rows, columns=cols).astype({"epoch": object})
     return _sort_methods(df, [])
@@ -189,7 +198,7 @@ def epoch_curves(results: Iterable[Mapping[str, Any]], *, metric: str = "mAP") -
     rows = []
     for res in results:
         for h in res.get("history", []):
-            rows.append({"method": method_label(res["method"]), "epoch": int(h["epoch"]),
+            rows.append({"method": method_label(_method_key(res)), "epoch": int(h["epoch"]),
                          f"test_{metric}": float(h[f"test_{metric}"]),
                          "train_mAP_vs_pseudo": float(h["train_mAP_vs_pseudo"])})
     return pd.DataFrame(rows, columns=["method", "epoch", f"test_{metric}", "train_mAP_vs_pseudo"])
@@ -204,7 +213,7 @@ def selected_epochs(results: Iterable[Mapping[str, Any]], *, rules: Sequence[str
             sel = res["selected"].get(rule)
             if sel is None or sel["epoch"] is None:
                 continue
-            rows.append({"method": method_label(res["method"]), "rule": rule, "epoch": int(sel["epoch"]),
+            rows.append({"method": method_label(_method_key(res)), "rule": rule, "epoch": int(sel["epoch"]),
                          f"test_{metric}": float(sel["metrics"][metric])})
     return pd.DataFrame(rows, columns=["method", "rule", "epoch", f"test_{metric}"])
 

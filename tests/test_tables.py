@@ -52,6 +52,18 @@ def test_main_table_rows_rules_and_order(results):
                                 "CF1_top3", "OF1_top3"]
 
 
+def test_cdul_without_gradient_alignment_gets_its_own_row(results):
+    no_ga = _result("cdul", (3, 36.0), (2, 37.0), (3, 37.5))
+    no_ga["config"] = {"cdul": {"gradient_alignment": False}}
+    with_ga = results[3]
+    with_ga["config"] = {"cdul": {"gradient_alignment": True}}
+    df = main_table([no_ga, *results], rule="gt_free")
+    assert list(df["method"]) == ["teacher zero-shot (global)", "student on teacher-global labels", "CDUL",
+                                  "CDUL without gradient alignment", "CCD", "supervised (upper bound)"]
+    assert list(df["mAP"]) == [35.0, 31.0, 38.0, 37.0, 41.0, 60.0]
+    assert "CDUL without gradient alignment" in set(selection_rules_table([no_ga, *results])["method"])
+
+
 def test_gt_best_rows_say_they_use_test_labels(results):
     df = main_table(results, rule="gt_best")
     ccd = df[df["method"] == "CCD"].iloc[0]
