@@ -22,6 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .cache import ArrayCache, file_fingerprint
+from .distributed import rank_and_world
 from .errors import DatasetError
 from .teachers import Teacher
 from .views import View, crop_view
@@ -57,12 +58,6 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise DatasetError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DatasetError(f"corrupt or truncated image {path}: {e}") from None
-
-
-def _dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def _cut_views(image_paths: Sequence[str | Path], views: Sequence[View], teacher: Teacher) -> torch.Tensor:
@@ -155,7 +150,7 @@ def embed_views(teacher: Teacher, image_paths: Sequence[str | Path], views: Sequ
         return fps[i]
 
     n_chunks = (len(views) + chunk_size - 1) // chunk_size
-    rank, world = _dist_info()
+    rank, world = rank_and_world()
     results: list[np.ndarray | None] = [None] * n_chunks
     my_chunks = [c for c in range(n_chunks) if c % world == rank]
     bar = None
