@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -20,6 +20,7 @@ __all__ = [
     "default_cache_dir",
     "stable_hash",
     "file_fingerprint",
+    "image_fingerprints",
     "atomic_write_bytes",
     "atomic_write_text",
     "save_array",
@@ -65,6 +66,22 @@ def file_fingerprint(path: str | os.PathLike) -> dict:
     p = Path(path)
     st = p.stat()
     return {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def image_fingerprints(paths: Sequence[str | os.PathLike]) -> Callable[[int], dict]:
+    """``fp(i)`` = :func:`file_fingerprint` of ``paths[i]``, computed once per index; a missing file is a
+    :class:`~ccdlib.errors.DatasetError` naming it."""
+    from .errors import DatasetError
+    memo: dict[int, dict] = {}
+
+    def fp(i: int) -> dict:
+        if i not in memo:
+            try:
+                memo[i] = file_fingerprint(paths[i])
+            except FileNotFoundError:
+                raise DatasetError(f"image not found: {paths[i]}") from None
+        return memo[i]
+    return fp
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .cache import ArrayCache, file_fingerprint
+from .cache import ArrayCache, image_fingerprints
 from .distributed import rank_and_world
 from .errors import DatasetError
 from .teachers import Teacher
@@ -139,15 +139,7 @@ def embed_views(teacher: Teacher, image_paths: Sequence[str | Path], views: Sequ
         prefetch = torch.device(getattr(teacher, "device", "cpu")).type != "cpu"
     cache = ArrayCache(cache_dir, "embeddings")
     tfp = teacher.fingerprint()
-    fps: dict[int, dict] = {}
-
-    def fp(i: int) -> dict:
-        if i not in fps:
-            try:
-                fps[i] = file_fingerprint(image_paths[i])
-            except FileNotFoundError:
-                raise DatasetError(f"image not found: {image_paths[i]}") from None
-        return fps[i]
+    fp = image_fingerprints(image_paths)
 
     n_chunks = (len(views) + chunk_size - 1) // chunk_size
     rank, world = rank_and_world()

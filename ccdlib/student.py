@@ -60,7 +60,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from .cache import ArrayCache, atomic_write_bytes, atomic_write_text, file_fingerprint
+from .cache import ArrayCache, atomic_write_bytes, atomic_write_text, image_fingerprints
 from .distributed import rank_and_world
 from .errors import CheckpointError, ConfigError, DatasetError
 from .scoring import load_rgb
@@ -491,15 +491,7 @@ def extract_features(student: CAMStudent, image_paths: Sequence[str | Path], *, 
     was_training = student.trunk.training
     student.trunk.eval()
     tfp = trunk_fingerprint(student)
-    fps: list[dict | None] = [None] * n
-
-    def fp(i: int) -> dict:
-        if fps[i] is None:
-            try:
-                fps[i] = file_fingerprint(image_paths[i])
-            except FileNotFoundError:
-                raise DatasetError(f"image not found: {image_paths[i]}") from None
-        return fps[i]  # type: ignore[return-value]
+    fp = image_fingerprints(image_paths)
 
     side = -(-image_size // 32)  # both trunks have output stride 32 with ceil rounding
     out = {v: np.empty((n, student.feature_dim, side, side), dtype=np.float16) for v in views}
