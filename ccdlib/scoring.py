@@ -19,13 +19,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .cache import ArrayCache, image_fingerprints
 from .distributed import rank_and_world
-from .errors import DatasetError
 from .teachers import Teacher
-from .views import View, crop_view
+from .views import View, crop_view, open_image
 
 __all__ = ["embed_views", "score_views", "auto_forward_batch", "ScoringStats", "load_rgb"]
 
@@ -50,14 +49,9 @@ last_stats = ScoringStats()
 
 def load_rgb(path: str | Path) -> Image.Image:
     """Open an image as RGB; a missing, corrupt or truncated file is a :class:`DatasetError` naming it."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise DatasetError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DatasetError(f"corrupt or truncated image {path}: {e}") from None
+    with open_image(path, problem="corrupt or truncated image") as im:
+        im.load()
+        return im.convert("RGB")
 
 
 def _cut_views(image_paths: Sequence[str | Path], views: Sequence[View], teacher: Teacher) -> torch.Tensor:

@@ -5,9 +5,10 @@ A view is ``(image_index, box)`` where ``box`` is ``(x0, y0, x1, y1)`` in pixels
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -16,6 +17,7 @@ __all__ = [
     "View",
     "Box",
     "image_size",
+    "open_image",
     "grid_boxes",
     "global_views",
     "grid_views",
@@ -38,19 +40,27 @@ class View:
         return (self.image, None if self.box is None else tuple(round(float(v), 3) for v in self.box))
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """``(width, height)`` from the image header (no decode). A missing or unreadable file is a
-    :class:`~ccdlib.errors.DatasetError` naming it."""
+@contextlib.contextmanager
+def open_image(path: str | Path, *, problem: str = "corrupt or unreadable image") -> Iterator[Image.Image]:
+    """``with open_image(path) as im``: PIL's ``Image.open`` where a missing file, or a failure to open or read it
+    inside the block, is a :class:`~ccdlib.errors.DatasetError` naming the file (``"<problem> <path>: ..."``)."""
     from PIL import UnidentifiedImageError
 
     from .errors import DatasetError
     try:
         with Image.open(path) as im:
-            return im.size
+            yield im
     except FileNotFoundError:
         raise DatasetError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DatasetError(f"corrupt or unreadable image {path}: {e}") from None
+        raise DatasetError(f"{problem} {path}: {e}") from None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` from the image header (no decode). A missing or unreadable file is a
+    :class:`~ccdlib.errors.DatasetError` naming it."""
+    with open_image(path) as im:
+        return im.size
 
 
 def grid_boxes(width: int, height: int, n: int) -> list[Box]:
