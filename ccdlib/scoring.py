@@ -125,12 +125,13 @@ def embed_views(teacher: Teacher, image_paths: Sequence[str | Path], views: Sequ
     global last_stats
     stats = ScoringStats()
     last_stats = stats
+    device = torch.device(getattr(teacher, "device", "cpu"))
     if batch_size is None:
-        batch_size = auto_forward_batch(getattr(teacher, "device", "cpu"), getattr(teacher, "image_size", 224))
+        batch_size = auto_forward_batch(device, getattr(teacher, "image_size", 224))
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size}, {chunk_size}")
     if prefetch is None:
-        prefetch = torch.device(getattr(teacher, "device", "cpu")).type != "cpu"
+        prefetch = device.type != "cpu"
     cache = ArrayCache(cache_dir, "embeddings")
     tfp = teacher.fingerprint()
     fp = image_fingerprints(image_paths)
@@ -156,9 +157,10 @@ def embed_views(teacher: Teacher, image_paths: Sequence[str | Path], views: Sequ
                 groups = [chunk[g:g + group] for g in range(0, len(chunk), group)]
                 for x in _cut_groups(image_paths, groups, teacher, pool):
                     for b in range(0, len(x), batch_size):
-                        parts.append(teacher.encode_images(x[b:b + batch_size]).float().cpu().numpy())
+                        sub = x[b:b + batch_size]
+                        parts.append(teacher.encode_images(sub).float().cpu().numpy())
                         if bar is not None:
-                            bar.update(len(x[b:b + batch_size]))
+                            bar.update(len(sub))
                 arr = np.concatenate(parts).astype(np.float32)
                 cache.put(key, arr)
                 stats.chunks_computed += 1
