@@ -21,7 +21,8 @@ from .runs import (Context, RunResult, global_probabilities, grid_probabilities,
                    pseudo_label_quality, run, run_ccd, run_cdul, run_supervised, run_teacher_global,
                    select_checkpoints, view_probabilities)
 from .scoring import embed_views, score_views
-from .student import CAMStudent, StudentConfig, StudentTrainer, build_student, cam_to_logits, load_student_checkpoint
+from .student import CAMStudent, StudentConfig, build_student, cam_to_logits, load_student_checkpoint
+from .trainer import StudentTrainer
 from .teachers import (ConSETeacher, OpenCLIPTeacher, Teacher, TeacherConfig, build_teacher, fit_logit_scale,
                        teacher_probabilities)
 from .views import View, expand_box, global_views, grid_boxes, grid_views

@@ -28,7 +28,7 @@ from .metrics import evaluate, mean_average_precision
 from .pseudolabels import CCDInitialLabels, ccd_initial_pseudo_labels, class_bias, debias, label_smoothing_floor
 from .runs import Context, alpha_for, global_probabilities, grid_probabilities, pseudo_label_quality, \
     view_probabilities
-from .student import StudentTrainer
+from .trainer import StudentTrainer
 from .views import Box, View, clip_box, expand_box, grid_views
 
 __all__ = [

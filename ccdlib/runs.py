@@ -27,7 +27,7 @@ from .metrics import evaluate, mean_average_precision
 from .pseudolabels import (ccd_initial_pseudo_labels, cdul_gradient_alignment_update, cdul_initial_pseudo_labels)
 from .label_update import classifier_guided_label_update
 from .scoring import embed_views
-from .student import StudentTrainer
+from .trainer import StudentTrainer
 from .teachers import Teacher, TeacherConfig, build_teacher
 from .views import View, global_views, grid_views, image_size
 

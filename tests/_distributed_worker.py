@@ -102,7 +102,8 @@ def student_trainer(batch_size: int, paths: list[Path]):
     layers (measured against float64), which would hide a real mismatch; in float64, two equivalent computations
     agree to ~1e-12. The parameters are created in float64 and a pre-forward hook casts the (float32) images.
     """
-    from ccdlib.student import StudentConfig, StudentTrainer
+    from ccdlib.student import StudentConfig
+    from ccdlib.trainer import StudentTrainer
     cfg = StudentConfig(trunk="resnet50", trunk_weights="random", mode="finetune", image_size=64,
                         batch_size=batch_size, device="cpu", seed=0, num_workers=0)
     default = torch.get_default_dtype()

@@ -106,7 +106,7 @@ def test_ddp_step_equals_one_process_on_the_combined_batch(ranks):
 
 
 def test_rank_batches_cover_every_image_once():
-    from ccdlib.student import _rank_batches
+    from ccdlib.trainer import _rank_batches
 
     order = np.random.default_rng(0).permutation(11)
     per_rank = [_rank_batches(order, 2, r, 3) for r in range(3)]

@@ -81,3 +81,19 @@ def test_notebook_has_one_parameters_cell_of_annotated_literals(path):
         assert isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name), (
             f"{path.name}: line {node.lineno} of the parameters cell is not `name: type = literal`")
         ast.literal_eval(node.value)
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("[0-9]*.ipynb")), ids=lambda p: p.stem)
+def test_papermill_parses_every_parameter_line(path, caplog):
+    """papermill's own parser (the one behind ``papermill --help-notebook`` and its "Unable to parse line"
+    warning) reads every assignment of the parameters cell, with no warning."""
+    from papermill.translators import PythonTranslator
+
+    cell = next(c for c in json.loads(path.read_text())["cells"] if "parameters" in c["metadata"].get("tags", []))
+    src = "".join(cell["source"])
+    assigned = [n.targets[0].id if isinstance(n, ast.Assign) else n.target.id
+                for n in ast.parse(src).body if isinstance(n, (ast.Assign, ast.AnnAssign))]
+    with caplog.at_level("WARNING", logger="papermill"):
+        parsed = [p.name for p in PythonTranslator.inspect({"source": src})]
+    assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()]
+    assert parsed == assigned

@@ -21,6 +21,7 @@ from PIL import Image
 
 import ccdlib.runs
 import ccdlib.scoring
+import ccdlib.features
 import ccdlib.student
 import ccdlib.teachers
 from ccdlib import mosaic
@@ -30,7 +31,8 @@ from ccdlib.datasets import load_class_list
 from ccdlib.errors import CheckpointError, ConfigError, DatasetError, DataSetupError
 from ccdlib.readers import read_voc
 from ccdlib.runs import RUNNERS, make_context, run, run_ccd, run_cdul, run_supervised
-from ccdlib.student import StudentConfig, build_student, extract_features, load_student_checkpoint, write_checkpoint
+from ccdlib.features import extract_features
+from ccdlib.student import StudentConfig, build_student, load_student_checkpoint, write_checkpoint
 from ccdlib.views import image_size
 
 # 16 or 8 mosaics need not show all 16 classes: read_voc warns about that (its own test is below).
@@ -301,9 +303,9 @@ def test_student_feature_cache_key_covers_the_image_size(tmp_path):
     kw = dict(cache_dir=tmp_path / "cache", progress=False)
     a = extract_features(student, paths, image_size=64, **kw)["base"]
     b = extract_features(student, paths, image_size=96, **kw)["base"]
-    assert ccdlib.student.last_extract_stats.chunks_computed == 1 and b.shape[2:] == (3, 3)
+    assert ccdlib.features.last_extract_stats.chunks_computed == 1 and b.shape[2:] == (3, 3)
     again = extract_features(student, paths, image_size=64, **kw)["base"]
-    assert ccdlib.student.last_extract_stats.chunks_cached == 1
+    assert ccdlib.features.last_extract_stats.chunks_cached == 1
     np.testing.assert_array_equal(a, again)
 
 
@@ -460,15 +462,15 @@ def test_killed_ccd_run_resumes_from_the_cache(mosaic_root, shared_cache, tmp_pa
     monkeypatch.setattr(ccdlib.scoring, "embed_views", embed_views)   # label_update looks it up per call
     monkeypatch.setattr(ccdlib.runs, "embed_views", embed_views)      # global views
     features: list[tuple] = []                                       # student feature extraction calls
-    orig_extract = ccdlib.student.extract_features
+    orig_extract = ccdlib.features.extract_features
 
     def extract_features(*a, **kw):
         out = orig_extract(*a, **kw)
-        st = ccdlib.student.last_extract_stats
+        st = ccdlib.features.last_extract_stats
         features.append((tuple(kw["views"]), st.chunks_computed, st.chunks_cached))
         return out
 
-    monkeypatch.setattr(ccdlib.student, "extract_features", extract_features)
+    monkeypatch.setattr(ccdlib.features, "extract_features", extract_features)
 
     reference = run_ccd(_cfg(mosaic_root, tmp_path / "ref", cache_dir=str(shared_cache)))   # uninterrupted
     n_crops = reference.info["crops"]

@@ -12,17 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
-import ccdlib.student as student_mod
+import ccdlib.features as student_mod
 from ccdlib.errors import CheckpointError, ConfigError
 from ccdlib.student import (
     CAMStudent,
     StudentConfig,
-    StudentTrainer,
     build_student,
     cam_to_logits,
-    extract_features,
     load_student_checkpoint,
 )
+from ccdlib.features import extract_features
+from ccdlib.trainer import StudentTrainer
 
 SIZE = 64          # image side: EfficientNet-Lite0 / ResNet give 2x2 maps
 C = 3              # classes

@@ -1,0 +1,439 @@
+"""Training the student (SPEC §5, §6.5): :class:`StudentTrainer` runs one epoch at a time against the
+pseudo-labels its caller supplies, on cached trunk features (frozen mode) or on decoded images (finetune mode,
+optionally under ``torchrun``). The model is :mod:`ccdlib.student`; the feature cache :mod:`ccdlib.features`.
+"""
+from __future__ import annotations
+
+import time
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import features as _features
+from .distributed import rank_and_world
+from .errors import ConfigError, DatasetError
+from .scoring import load_rgb
+from .student import (StudentConfig, _TAG_FINETUNE_SAMPLE, _TAG_SHUFFLE, _TAG_TORCH_GLOBAL, _augmented_view,
+                      _derive_seed, _generator, build_student, cam_to_logits, preprocess_image, write_checkpoint)
+from .teachers import resolve_device
+
+__all__ = ["StudentTrainer"]
+
+# ------------------------------------------------------------------------------------------ finetune data
+class _ImageViews(torch.utils.data.Dataset):
+    """Finetune-mode samples: ``(x, x_aug, index)``; ``x`` = resized + random flip, ``x_aug`` = ColorJitter + its
+    own random flip (an empty tensor when ``with_aug`` is off). Randomness per (seed, epoch, index)."""
+
+    def __init__(self, paths: Sequence[Path], *, trunk: str, image_size: int, seed: int, epoch: int,
+                 train: bool, with_aug: bool):
+        self.paths, self.trunk, self.image_size = list(paths), trunk, image_size
+        self.seed, self.epoch, self.train, self.with_aug = seed, epoch, train, with_aug
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        im = load_rgb(self.paths[i])
+        if not self.train:
+            return preprocess_image(im, trunk=self.trunk, image_size=self.image_size), torch.empty(0), i
+        g = _generator(self.seed, _TAG_FINETUNE_SAMPLE, self.epoch, i)
+        flip = torch.rand(1, generator=g).item() < 0.5
+        x = preprocess_image(im, trunk=self.trunk, image_size=self.image_size, flip=flip)
+        if not self.with_aug:
+            return x, torch.empty(0), i
+        return x, _augmented_view(im, g, trunk=self.trunk, image_size=self.image_size), i
+
+
+# ------------------------------------------------------------------------------------------ several processes
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over ranks: every rank gets ``sum_r x_r``; the gradient is summed over ranks too."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        return grad
+
+
+class _AllReduceBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the global batch over all ranks.
+
+    ``nn.SyncBatchNorm`` does this on CUDA only; this is the CPU/gloo stand-in (two all-reduces per layer: the
+    per-channel sums and counts, then the centred sums of squares). Empty local batches are allowed. Eval mode,
+    and a single process, are plain BatchNorm2d. Same parameters, buffers and state-dict keys as BatchNorm2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size() > 1):
+            return super().forward(x)
+        self._check_input_dim(x)
+        c = x.shape[1]
+        local_count = x.new_full((1,), float(x.numel() // c) if c else 0.0)
+        tot = _AllReduceSum.apply(torch.cat([x.sum(dim=(0, 2, 3)), local_count]))
+        count = tot[c].detach()
+        if count.item() <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got {int(count.item())} over all ranks")
+        mean = tot[:c] / count
+        centred = x - mean.view(1, c, 1, 1)
+        var = _AllReduceSum.apply((centred * centred).sum(dim=(0, 2, 3))) / count
+        y = centred * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                f = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked.item())
+                self.running_mean.mul_(1 - f).add_(mean.detach(), alpha=f)
+                self.running_var.mul_(1 - f).add_(var.detach() * (count / (count - 1)), alpha=f)
+        return y
+
+
+def _to_all_reduce_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` by :class:`_AllReduceBatchNorm2d`, sharing its parameters and buffers."""
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, _AllReduceBatchNorm2d):
+        new = _AllReduceBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                    module.track_running_stats, device=None)
+        if module.affine:
+            new.weight, new.bias = module.weight, module.bias
+        new.running_mean, new.running_var = module.running_mean, module.running_var
+        new.num_batches_tracked = module.num_batches_tracked
+        new.training = module.training
+        return new
+    for name, child in module.named_children():
+        module.add_module(name, _to_all_reduce_batchnorm(child))
+    return module
+
+
+def _sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Global-batch BatchNorm statistics across ranks: ``nn.SyncBatchNorm`` on CUDA, else the all-reduce stand-in."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _to_all_reduce_batchnorm(module)
+
+
+def _rank_batches(order: np.ndarray, batch_size: int, rank: int, world: int) -> list[tuple[list[int], int]]:
+    """Cut a shuffled order into global steps of ``world * batch_size`` images; rank ``rank`` takes the
+    ``rank``-th ``batch_size`` slice of each (short or empty on the last step). Returns, per step, this rank's
+    image indices and the number of images in the whole step."""
+    g = world * batch_size
+    out = []
+    for s in range(0, len(order), g):
+        step = order[s:s + g]
+        out.append(([int(i) for i in step[rank * batch_size:(rank + 1) * batch_size]], len(step)))
+    return out
+
+
+def _collate_views(samples: list, *, image_size: int, with_aug: bool):
+    """``default_collate``, plus an empty batch of the right shapes for a rank with no image in a step."""
+    if samples:
+        return torch.utils.data.default_collate(samples)
+    x = torch.empty(0, 3, image_size, image_size)
+    return x, (torch.empty_like(x) if with_aug else torch.empty(0, 0)), torch.empty(0, dtype=torch.long)
+
+
+# ------------------------------------------------------------------------------------------ trainer
+def _soft_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None,
+              reduction: str = "mean") -> torch.Tensor:
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")  # (B, C)
+    if weights is not None:
+        loss = loss * weights.view(-1, 1)
+    return loss.mean() if reduction == "mean" else loss.sum()
+
+
+class StudentTrainer:
+    """Trains a :class:`CAMStudent` one epoch at a time against pseudo-labels the caller supplies.
+
+    Args:
+        config: a :class:`StudentConfig`.
+        image_paths: the ``N`` training images (row order of every ``targets`` array).
+        num_classes: ``C``.
+        cache_dir: root of the frozen-mode feature cache (:func:`extract_features`); ``None`` = no disk cache
+            (features are still kept in memory for the trainer's life).
+        progress: show tqdm bars.
+
+    Attributes: ``student``, ``epoch`` (epochs trained so far), ``alpha`` (the alpha of the last epoch; the
+    default for predictions, as the released code keeps alpha in the model), ``device``, ``optimizer``,
+    ``rank`` and ``world`` (0 and 1 without torchrun). Under torchrun in finetune mode, ``student`` has global-batch
+    BatchNorm layers and trains through a ``DistributedDataParallel`` wrapper; ``batch_size`` is per process (see
+    the module docstring).
+    """
+
+    def __init__(self, config: StudentConfig, image_paths: Sequence[str | Path], num_classes: int, *,
+                 cache_dir: str | Path | None = None, progress: bool = True):
+        if not isinstance(config, StudentConfig):
+            raise ConfigError(f"config must be a StudentConfig, got {type(config).__name__}")
+        self.config = config
+        self.image_paths = [Path(p) for p in image_paths]
+        if not self.image_paths:
+            raise DatasetError("StudentTrainer: no training images given")
+        self.num_classes = int(num_classes)
+        self.cache_dir = cache_dir
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        self.student = build_student(config, num_classes).to(self.device)
+        self.epoch = 0
+        self.alpha: float | np.ndarray = 1.0
+        self._features: dict[str, np.ndarray] = {}
+        head_params = list(self.student.head.parameters())
+        if config.mode == "frozen":
+            for p in self.student.trunk.parameters():
+                p.requires_grad_(False)
+            self.student.trunk.eval()
+            groups = [{"params": head_params, "lr": config.frozen_head_lr}]
+        else:
+            groups = [{"params": list(self.student.trunk.parameters()), "lr": config.lr},
+                      {"params": head_params, "lr": config.head_lr}]
+        self.optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=0.0)
+        # Several processes (torchrun): DDP in finetune mode; frozen mode runs in full on every rank.
+        self.rank, self.world = rank_and_world()
+        self._ddp: nn.Module | None = None
+        if config.mode == "finetune" and self.world > 1:
+            self.student = _sync_batchnorm(self.student, self.device)  # same Parameter objects: optimizer unchanged
+            ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+                if self.device.type == "cuda" else None
+            self._ddp = nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
+
+    # -------------------------------------------------------------- frozen-mode features
+    def _views(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        missing = [v for v in names if v not in self._features]
+        if missing:
+            self._features.update(_features.extract_features(
+                self.student, self.image_paths, image_size=self.config.image_size, views=missing,
+                cache_dir=self.cache_dir, seed=self.config.seed, progress=self.progress))
+        return {v: self._features[v] for v in names}
+
+    def _alpha_tensor(self, alpha: float | np.ndarray | torch.Tensor) -> float | torch.Tensor:
+        if np.ndim(alpha) == 0:
+            return float(alpha)
+        a = torch.as_tensor(np.asarray(alpha, dtype=np.float32)).to(self.device)
+        if a.shape != (self.num_classes,):
+            raise ConfigError(f"alpha must be a float or ({self.num_classes},) per-class factors, got shape {tuple(a.shape)}")
+        return a
+
+    # -------------------------------------------------------------- training
+    def fit_epoch(self, targets: np.ndarray, *, alpha: float | np.ndarray, consistency: bool,
+                  sample_weights: np.ndarray | None = None) -> dict:
+        """Train one epoch over the training images in a seeded shuffled order.
+
+        Args:
+            targets: ``(N, C)`` soft pseudo-labels in ``[0, 1]``.
+            alpha: the positive-CAM factor (SPEC §5: 1 in epoch 0, then ``config.coeff``), float or ``(C,)``.
+            consistency: add ``consistency_weight * BCE(student(x'), sigmoid(student(x)).detach())`` (CCD, epoch >= 2).
+            sample_weights: optional ``(N,)`` per-image weights of the pseudo-label BCE (default all 1).
+
+        Returns:
+            ``{"epoch", "loss", "bce", "consistency" (NaN when off), "seconds", "train_scores"}``: mean losses over
+            batches, and ``train_scores`` the ``(N, C)`` sigmoid outputs seen during the epoch (training views,
+            image order), which the released code's GT-free checkpoint rule compares with the pseudo-labels.
+        """
+        cfg = self.config
+        n, c = len(self.image_paths), self.num_classes
+        y = np.asarray(targets, dtype=np.float32)
+        if y.shape != (n, c):
+            raise ConfigError(f"targets must have shape ({n}, {c}) (images x classes), got {y.shape}")
+        if not np.all(np.isfinite(y)) or y.min() < 0 or y.max() > 1:
+            raise ConfigError(f"targets must be finite soft labels in [0, 1] (got range [{np.nanmin(y)}, {np.nanmax(y)}])")
+        w = None
+        if sample_weights is not None:
+            w = np.asarray(sample_weights, dtype=np.float32)
+            if w.shape != (n,) or not np.all(np.isfinite(w)) or w.min() < 0:
+                raise ConfigError(f"sample_weights must be ({n},) finite and >= 0, got shape {w.shape}")
+        a = self._alpha_tensor(alpha)
+        g = _generator(cfg.seed, _TAG_SHUFFLE, self.epoch)
+        order = torch.randperm(n, generator=g)
+        t0 = time.perf_counter()
+        scores = np.zeros((n, c), dtype=np.float32)
+        sums = {"loss": 0.0, "bce": 0.0, "consistency": 0.0}
+        n_batches = 0
+        cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else []
+        ddp = self._ddp is not None
+        share = self.world if ddp else 1   # DDP: each rank logs its share of the step's loss
+        with torch.random.fork_rng(devices=cuda):
+            # drop-connect etc.; under DDP every rank draws its own stream
+            torch.manual_seed(_derive_seed(cfg.seed, _TAG_TORCH_GLOBAL, self.epoch, *((self.rank,) if ddp else ())))
+            for idx, x, x_aug, m in self._train_batches(order, g, consistency):
+                yt = torch.from_numpy(y[idx]).to(self.device)
+                wt = None if w is None else torch.from_numpy(w[idx]).to(self.device)
+                logits = self._logits(x, a)
+                if ddp:  # this rank's summed loss / (images in the step x C), x world: DDP averages the gradients
+                    k = self.world / (m * c)
+                    bce = _soft_bce(logits, yt, wt, reduction="sum") * k
+                else:
+                    bce = _soft_bce(logits, yt, wt)
+                loss = bce
+                if consistency:
+                    target = torch.sigmoid(logits).detach()
+                    if ddp:
+                        cons = F.binary_cross_entropy_with_logits(self._logits(x_aug, a), target, reduction="sum") * k
+                    else:
+                        cons = F.binary_cross_entropy_with_logits(self._logits(x_aug, a), target)
+                    loss = bce + cfg.consistency_weight * cons
+                    sums["consistency"] += cons.item() / share
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                sums["loss"] += loss.item() / share
+                sums["bce"] += bce.item() / share
+                scores[idx] = torch.sigmoid(logits.detach()).float().cpu().numpy()
+                n_batches += 1
+        if ddp:  # every image was scored on exactly one rank; the step losses are sums of the ranks' shares
+            t = torch.tensor([sums["loss"], sums["bce"], sums["consistency"]], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(t)
+            sums = dict(zip(("loss", "bce", "consistency"), t.tolist()))
+            st = torch.from_numpy(scores).to(self.device)
+            torch.distributed.all_reduce(st)
+            scores = st.cpu().numpy()
+        self.epoch += 1
+        self.alpha = float(alpha) if np.ndim(alpha) == 0 else np.asarray(alpha, dtype=np.float32).copy()
+        return {"epoch": self.epoch - 1, "loss": sums["loss"] / n_batches, "bce": sums["bce"] / n_batches,
+                "consistency": sums["consistency"] / n_batches if consistency else float("nan"),
+                "seconds": time.perf_counter() - t0, "train_scores": scores}
+
+    def _logits(self, x: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+        """Frozen mode: ``x`` are ``(B, F, h, w)`` features; finetune: ``(B, 3, H, W)`` images."""
+        if self.config.mode == "frozen":
+            return cam_to_logits(self.student.head(x), alpha)
+        if self._ddp is not None:
+            return self._ddp(x, alpha)
+        return self.student(x, alpha)
+
+    def _train_batches(self, order: torch.Tensor, g: torch.Generator, consistency: bool):
+        """Yields ``(indices (B,) numpy, x, x_aug or None, m)`` on the device, in ``order``; ``m`` is the number of
+        images in the whole step (``B`` in one process; under DDP the images of all ranks' slices)."""
+        cfg = self.config
+        if cfg.mode == "frozen":
+            names = ["base", "flip"] + ([f"aug{k}" for k in range(cfg.n_aug_views)] if consistency else [])
+            feats = self._views(names)
+            self.student.head.train()
+            for b in range(0, len(order), cfg.batch_size):
+                idx = order[b:b + cfg.batch_size].numpy()
+                flips = (torch.rand(len(idx), generator=g) < 0.5).numpy()
+                x = np.stack([feats["flip" if f else "base"][i] for i, f in zip(idx, flips)])
+                x_aug = None
+                if consistency:
+                    ks = torch.randint(cfg.n_aug_views, (len(idx),), generator=g).numpy()
+                    x_aug = torch.from_numpy(np.stack([feats[f"aug{k}"][i] for i, k in zip(idx, ks)])).to(self.device).float()
+                yield idx, torch.from_numpy(x).to(self.device).float(), x_aug, len(idx)
+            return
+        ds = _ImageViews(self.image_paths, trunk=cfg.trunk, image_size=cfg.image_size, seed=cfg.seed,
+                         epoch=self.epoch, train=True, with_aug=consistency)
+        if self._ddp is None:
+            self.student.train()
+            loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=order.tolist(),
+                                                 num_workers=cfg.num_workers, drop_last=False,
+                                                 pin_memory=self.device.type == "cuda")
+            step_sizes = None
+        else:  # this rank's slice of every global step (see _rank_batches)
+            self._ddp.train()
+            steps = _rank_batches(order.numpy(), cfg.batch_size, self.rank, self.world)
+            loader = torch.utils.data.DataLoader(
+                ds, batch_sampler=[b for b, _ in steps], num_workers=cfg.num_workers,
+                collate_fn=partial(_collate_views, image_size=cfg.image_size, with_aug=consistency),
+                pin_memory=self.device.type == "cuda")
+            step_sizes = [m for _, m in steps]
+        bar = None
+        if self.progress and self.rank == 0:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(order), desc=f"student epoch {self.epoch}", unit="img")
+        try:
+            for s, (x, x_aug, idx) in enumerate(loader):
+                m = len(idx) if step_sizes is None else step_sizes[s]
+                yield (idx.numpy(), x.to(self.device, non_blocking=True),
+                       x_aug.to(self.device, non_blocking=True) if consistency else None, m)
+                if bar is not None:
+                    bar.update(m)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    # -------------------------------------------------------------- inference
+    def _base_outputs(self, image_paths: Sequence[str | Path] | None, indices: Sequence[int] | None,
+                      fn) -> np.ndarray:
+        """Apply ``fn(cam (B, C, h, w)) -> array`` to the base views' CAMs, batch by batch, and concatenate."""
+        cfg = self.config
+        paths = self.image_paths if image_paths is None else [Path(p) for p in image_paths]
+        idx = np.arange(len(paths)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(paths)):
+            raise IndexError(f"indices out of range for {len(paths)} images")
+        was_training = self.student.training
+        self.student.eval()
+        outs = []
+        try:
+            with torch.inference_mode():
+                if cfg.mode == "frozen":
+                    if image_paths is None:
+                        base = self._views(["base"])["base"]
+                    else:
+                        base = _features.extract_features(self.student, paths, image_size=cfg.image_size, views=("base",),
+                                                cache_dir=self.cache_dir, seed=cfg.seed,
+                                                progress=self.progress)["base"]
+                    for b in range(0, len(idx), cfg.batch_size):
+                        f = torch.from_numpy(base[idx[b:b + cfg.batch_size]]).to(self.device).float()
+                        outs.append(fn(self.student.head(f)))
+                else:
+                    ds = _ImageViews([paths[i] for i in idx], trunk=cfg.trunk, image_size=cfg.image_size,
+                                     seed=cfg.seed, epoch=0, train=False, with_aug=False)
+                    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=False,
+                                                         num_workers=cfg.num_workers)
+                    for x, _, _ in loader:
+                        outs.append(fn(self.student.head(self.student.trunk(x.to(self.device)))))
+        finally:
+            self.student.train(was_training)
+            if cfg.mode == "frozen":
+                self.student.trunk.eval()
+        if not outs:
+            return np.zeros((0, self.num_classes), dtype=np.float32)
+        return np.concatenate(outs)
+
+    def predict_logits(self, image_paths: Sequence[str | Path] | None = None, *,
+                       alpha: float | np.ndarray | None = None) -> np.ndarray:
+        """``(N, C)`` float32 logits of the base views (no augmentation).
+
+        ``image_paths=None``: the training images. ``alpha=None``: the alpha of the last trained epoch
+        (``self.alpha``). Frozen mode extracts (and caches) base features of new paths.
+        """
+        a = self._alpha_tensor(self.alpha if alpha is None else alpha)
+        return self._base_outputs(image_paths, None, lambda cam: cam_to_logits(cam, a).float().cpu().numpy())
+
+    def cams(self, indices: Sequence[int] | None = None, image_paths: Sequence[str | Path] | None = None, *,
+             alpha: float | np.ndarray | None = None) -> np.ndarray:
+        """``(N, C, h, w)`` float32 CAMs of base views: of the training images (``image_paths=None``) or of
+        ``image_paths``, restricted to ``indices`` into that list when given.
+
+        Raw head outputs by default; ``alpha`` (a float or ``(C,)``) scales the positive values as the forward
+        pass does (the released code crops from this alpha-scaled CAM).
+        """
+        a = None if alpha is None else self._alpha_tensor(alpha)
+
+        def fn(cam: torch.Tensor) -> np.ndarray:
+            if a is not None:
+                if torch.is_tensor(a):
+                    cam = torch.where(cam > 0, cam * a.view(1, -1, 1, 1), cam)
+                else:
+                    cam = torch.where(cam > 0, cam * a, cam)
+            return cam.float().cpu().numpy()
+        return self._base_outputs(image_paths, indices, fn)
+
+    # -------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """CPU copies: the head's state in frozen mode (the trunk is its fixed weights), the whole model's in finetune."""
+        module = self.student.head if self.config.mode == "frozen" else self.student
+        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+    def save(self, path: str | Path, *, extra: dict | None = None) -> tuple[Path, Path]:
+        """Write ``<path>.pt`` (state dict only) and ``<path>.json`` (config, class count, trunk); returns both paths."""
+        return write_checkpoint(path, state=self.state_dict(), config=self.config, num_classes=self.num_classes,
+                                feature_dim=self.student.feature_dim, epoch=self.epoch, alpha=self.alpha, extra=extra)
