@@ -42,6 +42,8 @@ class DataConfig:
     n_train: int = 400              # mosaic only
     n_test: int = 200               # mosaic only
     mosaic_seed: int = 0            # mosaic only
+    stamps: str = "disjoint"        # mosaic only: "disjoint" (test objects unseen in training) | "shared" (same
+                                    # object photos, new scenes); see ccdlib.mosaic
     max_train: int = 0              # 0 = all; else a seeded subsample (quick runs)
     max_test: int = 0
 
@@ -49,6 +51,8 @@ class DataConfig:
         kinds = ("mosaic", "voc", "voc2007", "voc2012", "coco", "coco2014", "nuswide")
         if self.kind not in kinds:
             raise ConfigError(f"data.kind must be one of {kinds}, got {self.kind!r}")
+        if self.stamps not in ("disjoint", "shared"):
+            raise ConfigError(f"data.stamps must be 'disjoint' or 'shared', got {self.stamps!r}")
         for name in ("n_train", "n_test"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
