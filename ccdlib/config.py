@@ -80,6 +80,11 @@ class CCDConfig:
     box_rule: str = "minmax"        # "minmax" | "raster" (released code)
     bound: float = 4.0
     consistency: bool = True
+    tau_walk: str = "single_pass"   # "single_pass" (released, train.py 216-247) | "multi_pass"
+    no_crop: str = "floor"          # image without a crop: "floor" (released: mixed with (1/ls)/bias) | "keep" (y_prev)
+    cam_alpha: bool = True          # boxes from the alpha-scaled CAM (released: the forward's fw_cam) | the raw CAM
+    cam_image_size: int = 640       # student input for the CAMs, class selection and tau (released: the 640 px
+                                    # image); 0 = student.image_size. Frozen mode: one extra trunk forward per image
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.r <= 1.0:
@@ -96,20 +101,42 @@ class CCDConfig:
             raise ConfigError(f"ccd.box_rule must be 'minmax' or 'raster', got {self.box_rule!r}")
         if not 0.0 < self.cam_threshold < 1.0:
             raise ConfigError(f"ccd.cam_threshold must lie in (0, 1), got {self.cam_threshold}")
+        if self.tau_walk not in ("single_pass", "multi_pass"):
+            raise ConfigError(f"ccd.tau_walk must be 'single_pass' or 'multi_pass', got {self.tau_walk!r}")
+        if self.no_crop not in ("floor", "keep"):
+            raise ConfigError(f"ccd.no_crop must be 'floor' or 'keep', got {self.no_crop!r}")
+        if self.cam_image_size != 0 and self.cam_image_size < 32:
+            raise ConfigError(f"ccd.cam_image_size must be 0 (the student's) or >= 32, got {self.cam_image_size}")
         if self.warmup_epochs < 0 or self.resolution < 16 or self.bound < 0:
             raise ConfigError("ccd.warmup_epochs >= 0, ccd.resolution >= 16 and ccd.bound >= 0 are required")
 
 
 @dataclass(frozen=True)
 class CDULConfig:
-    """CDUL (SPEC §3)."""
+    """CDUL (SPEC §3).
+
+    Gradient alignment, per mini-batch right after the optimiser step, with that batch's pre-step predictions, in
+    epochs where ``(e + 1) > ga_warmup and (e + 1) % ga_every == 0`` (the public reproduction; one aligned epoch,
+    the last, in a 10-epoch run, so the student never trains on aligned labels there).
+    ``alignment="kl"`` (default, the reproduction): KL of the renormalised label to the softmax prediction, which
+    needs ``student_loss="softmax_kl"`` (the reproduction trains softmax + KL; the CDUL paper's Sec. 3.2 also trains
+    with a KL loss). ``alignment="bernoulli"``: the aligned analogue for a sigmoid/BCE student,
+    ``u <- u - psi(y) (u - z)``, which needs ``student_loss="bce"`` (notebook 04's "CDUL (BCE analogue)" row).
+    ``batch_size``: CDUL's mini-batch (the reproduction: 8; the alignment step scales with ``1/B``); 0 =
+    ``student.batch_size``.
+    """
 
     grid: int = 3
     theta: float = 0.0
     lam: float = 0.0
     gradient_alignment: bool = True
-    ga_step: float = 1.0
-    ga_sigma: float = 0.2
+    ga_step: float = 1.0            # multiplies the alignment step (the reproduction: 1)
+    ga_sigma: float = 1.0           # psi's sigma (the reproduction: 1, "not specified in paper")
+    alignment: str = "kl"           # "kl" (reproduction) | "bernoulli" (BCE analogue)
+    student_loss: str = "softmax_kl"  # "softmax_kl" (reproduction) | "bce" (SPEC §5's loss)
+    ga_warmup: int = 0              # no alignment in epochs e with e + 1 <= ga_warmup
+    ga_every: int = 10              # align in epochs e with (e + 1) % ga_every == 0
+    batch_size: int = 8             # 0 = student.batch_size
 
     def __post_init__(self) -> None:
         if self.grid < 1:
@@ -118,6 +145,18 @@ class CDULConfig:
             raise ConfigError(f"cdul.theta must lie in [0, 1], got {self.theta}")
         if self.ga_sigma <= 0:
             raise ConfigError(f"cdul.ga_sigma must be > 0, got {self.ga_sigma}")
+        if self.alignment not in ("kl", "bernoulli"):
+            raise ConfigError(f"cdul.alignment must be 'kl' or 'bernoulli', got {self.alignment!r}")
+        if self.student_loss not in ("softmax_kl", "bce"):
+            raise ConfigError(f"cdul.student_loss must be 'softmax_kl' or 'bce', got {self.student_loss!r}")
+        needed = {"kl": "softmax_kl", "bernoulli": "bce"}[self.alignment]
+        if self.gradient_alignment and self.student_loss != needed:
+            raise ConfigError(f"cdul.student_loss must be {needed!r} with cdul.alignment={self.alignment!r} "
+                              f"(got {self.student_loss!r})")
+        if self.ga_warmup < 0 or self.ga_every < 1:
+            raise ConfigError(f"cdul.ga_warmup must be >= 0 and cdul.ga_every >= 1, got {self.ga_warmup}, {self.ga_every}")
+        if self.batch_size < 0:
+            raise ConfigError(f"cdul.batch_size must be >= 1, or 0 for student.batch_size, got {self.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -136,12 +175,16 @@ class RunConfig:
     out_dir: str = "results"
     cache_dir: str | None = None    # None: $CCDLIB_CACHE or ~/.cache/ccdlib
     tag: str = ""                   # free text added to the run name
+    gt_free_input: str = "released"  # train mAP behind the GT-free rule: "released" (the epoch's training outputs
+                                    # vs pseudo-labels == 1, released mAP) | "eval" (eval logits vs labels >= 0.5)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.gt_free_input not in ("released", "eval"):
+            raise ConfigError(f"gt_free_input must be 'released' or 'eval', got {self.gt_free_input!r}")
         if self.teacher_batch_size < 0:
             raise ConfigError(f"teacher_batch_size must be >= 1, or 0 for auto, got {self.teacher_batch_size}")
         if self.method == "ccd" and self.ccd.local_views and self.ccd.warmup_epochs >= self.epochs:

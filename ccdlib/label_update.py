@@ -5,7 +5,8 @@ Steps, one function each:
 1. :func:`calibrate_class_threshold` -- the class-selection threshold ``tau``.
 2. :func:`cam_to_box` / :func:`cam_boxes` -- CAM -> box (true min/max box by default; the released code's
    raster-order corners as ``box_rule="raster"``), grown by ``offset``, clipped, mapped to image pixels.
-3. :func:`local_pseudo_labels` -- class-wise max over an image's crops, LS floor, division by the global bias.
+3. :func:`local_pseudo_labels` -- class-wise max over an image's crops, LS floor, division by the global bias
+   (not clamped).
 4. :func:`mix_labels` -- ``y <- clamp(r * y_prev + (1 - r) * y_loc, 0, 1)``.
 :func:`classifier_guided_label_update` chains them with batched, cached teacher scoring of every crop.
 """
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .pseudolabels import debias, label_smoothing_floor
+from .pseudolabels import label_smoothing_floor
 from .views import View
 
 #: CAMs of all ``N`` images, ``(N, C, h, w)``, or a function of image indices returning theirs, ``(len(idx), C, h, w)``
@@ -40,18 +41,36 @@ __all__ = [
 
 
 def calibrate_class_threshold(probs: np.ndarray, *, tau0: float = 0.05, step: float = 0.001, bound: float = 4,
-                              block: int = 100, seed: int = 0, max_passes: int = 50) -> float:
+                              block: int = 100, seed: int = 0, max_passes: int = 50, walk: str = "single_pass") -> float:
     """SPEC §6.1: walk through shuffled images in blocks of ``block``; after each block, stop if the block's mean
     number of classes with ``prob >= tau`` lies in ``(bound, bound + 2)``, else ``tau += step``.
 
-    ``probs (N, C)`` student sigmoid outputs -> ``tau``. The walk cycles over the data (at most ``max_passes``
-    passes) and also stops when the mean count is ``<= bound``: raising ``tau`` can only lower the count, so
-    the interval can no longer be reached (the released code would keep walking to the end of its loader).
+    ``probs (N, C)`` student sigmoid outputs -> ``tau``.
+
+    ``walk="single_pass"`` (default, the released loop, ``train.py`` 216-247): one pass over one shuffled order;
+    each image adds ``count / block`` to a running mean, which is checked (and reset) at positions ``block, 2 block,
+    ...`` (0-based, so the first block holds ``block + 1`` images), and the walk ends with the data: on 320 images
+    ``tau`` moves at most 3 steps. ``walk="multi_pass"``: blocks of exactly ``block`` images, cycling over fresh
+    shuffles (at most ``max_passes``), also stopping when the mean count is ``<= bound`` (raising ``tau`` can only
+    lower it, so the interval can no longer be reached).
     """
     p = np.asarray(probs)
     rng = np.random.default_rng(seed)
     tau = float(tau0)
     n = len(p)
+    if walk == "single_pass":
+        order = rng.permutation(n)
+        mean_count = 0.0
+        for pos, i in enumerate(order):
+            mean_count += float((p[i] >= tau).sum()) / block
+            if pos % block == 0 and pos != 0:
+                if bound < mean_count < bound + 2:
+                    return tau
+                tau += step
+                mean_count = 0.0
+        return tau
+    if walk != "multi_pass":
+        raise ValueError(f"walk must be 'single_pass' or 'multi_pass', got {walk!r}")
     for _ in range(max_passes):
         order = rng.permutation(n)
         for s in range(0, n, block):
@@ -73,15 +92,17 @@ def cam_to_box(cam: np.ndarray | torch.Tensor, *, resolution: int = 640, thresho
     pixels ``> threshold`` and box them.
 
     ``cam (h, w)`` -> ``(x0, y0, x1, y1)`` in the ``resolution`` grid (``x1, y1`` exclusive), or ``None`` for a
-    flat map. ``box_rule="minmax"``: the tight box of the kept pixels. ``"raster"``: the released code's quirk,
-    whose corners are the first and the last kept pixel in raster (row-major) order.
+    flat map (or one whose normalised peak stays ``<= threshold``: the released code crashes there).
+    Normalisation: ``(m - min) / (max - min + 1e-5)`` as released. ``box_rule="minmax"``: the tight box of the kept
+    pixels. ``"raster"``: the released code's quirk, whose corners are the first and the last kept pixel in raster
+    (row-major) order, used as given (so the far edge excludes the last pixel's row and column, as released).
     """
     m = torch.as_tensor(np.asarray(cam), dtype=torch.float32)[None, None]
     up = F.interpolate(m, size=(resolution, resolution), mode="bilinear", align_corners=False)[0, 0]
     lo, hi = up.min(), up.max()
     if not torch.isfinite(hi - lo) or hi - lo <= 0:
         return None
-    norm = (up - lo) / (hi - lo)
+    norm = (up - lo) / (hi - lo + 1e-5)     # the released code's guard (train.py 307-308)
     ys, xs = torch.nonzero(norm > threshold, as_tuple=True)
     if len(xs) == 0:
         return None
@@ -89,7 +110,8 @@ def cam_to_box(cam: np.ndarray | torch.Tensor, *, resolution: int = 640, thresho
         return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
     if box_rule == "raster":  # nonzero() is row-major: first and last kept pixel in raster order
         xf, yf, xl, yl = int(xs[0]), int(ys[0]), int(xs[-1]), int(ys[-1])
-        return min(xf, xl), yf, max(xf, xl) + 1, yl + 1
+        # released cropping_box (train.py 55-92): the corner pixels' coordinates, the far ones exclusive as they are
+        return min(xf, xl), yf, max(xf, xl), yl
     raise ValueError(f"box_rule must be 'minmax' or 'raster', got {box_rule!r}")
 
 
@@ -138,10 +160,12 @@ def _add_box(views: list[View], owners: list[tuple[int, int]], cam, i: int, c: i
 
 def local_pseudo_labels(crop_probs: np.ndarray, crop_images: np.ndarray, n_images: int, bias: np.ndarray, *,
                         ls: float | None = 20) -> tuple[np.ndarray, np.ndarray]:
-    """SPEC §6.3: ``y_loc = max over the image's crops of p(crop)``, then the LS floor, then ``/ bias`` (clamped).
+    """SPEC §6.3: ``y_loc = max over the image's crops of p(crop)``, then the LS floor, then ``/ bias`` -- NOT
+    clamped (the released code clamps once, after the mix: :func:`mix_labels`).
 
-    ``crop_probs (M, C)``, ``crop_images (M,)`` -> ``y_loc (N, C)`` and ``has_crops (N,)`` bool. Rows of images
-    without crops are zero (see :func:`mix_labels`).
+    ``crop_probs (M, C)``, ``crop_images (M,)`` -> ``y_loc (N, C)`` and ``has_crops (N,)`` bool. The row of an image
+    without crops is what the released code computes for it: the max over no crops is 0, so ``floor / bias``
+    (``(1/ls) / bias``; 0 without the floor). :func:`mix_labels` decides what to do with such rows.
     """
     c = crop_probs.shape[1] if crop_probs.ndim == 2 else len(bias)
     y = np.zeros((n_images, c))
@@ -149,22 +173,31 @@ def local_pseudo_labels(crop_probs: np.ndarray, crop_images: np.ndarray, n_image
     if len(crop_images):
         np.maximum.at(y, np.asarray(crop_images), np.asarray(crop_probs, dtype=np.float64))
         has[np.asarray(crop_images)] = True
-    y = debias(label_smoothing_floor(y, ls=ls), bias)
-    y[~has] = 0.0
+    y = label_smoothing_floor(y, ls=ls) / np.asarray(bias, dtype=np.float64)[None, :]
     return y, has
 
 
-def mix_labels(y_prev: np.ndarray, y_loc: np.ndarray, has_crops: np.ndarray, *, r: float = 0.2) -> np.ndarray:
-    """SPEC §6.4: ``y <- clamp(r * y_prev + (1 - r) * y_loc, 0, 1)``; an image with no selected class (no crop)
-    keeps its previous label ``y_prev``. ``(N, C), (N, C), (N,) -> (N, C)``."""
-    mixed = np.clip(r * y_prev + (1.0 - r) * y_loc, 0.0, 1.0)
+def mix_labels(y_prev: np.ndarray, y_loc: np.ndarray, has_crops: np.ndarray, *, r: float = 0.2,
+               no_crop: str = "floor") -> np.ndarray:
+    """SPEC §6.4: ``y <- clamp(r * y_prev + (1 - r) * y_loc, 0, 1)``, the only clamp of the update.
+
+    An image with no crop (no selected class, or only flat CAMs): ``no_crop="floor"`` (default, the released code)
+    mixes it like the others with its ``y_loc`` row, the floor row ``(1/ls) / bias`` of
+    :func:`local_pseudo_labels`; ``no_crop="keep"`` keeps its previous label ``y_prev``.
+    ``(N, C), (N, C), (N,) -> (N, C)``.
+    """
+    if no_crop not in ("floor", "keep"):
+        raise ValueError(f"no_crop must be 'floor' or 'keep', got {no_crop!r}")
+    mixed = np.clip(r * np.asarray(y_prev, dtype=np.float64) + (1.0 - r) * np.asarray(y_loc, dtype=np.float64), 0.0, 1.0)
+    if no_crop == "floor":
+        return mixed
     return np.where(np.asarray(has_crops)[:, None], mixed, y_prev)
 
 
 @dataclass
 class LabelUpdateResult:
     labels: np.ndarray        # (N, C) updated pseudo-labels
-    local: np.ndarray         # (N, C) local labels (0 where no crop)
+    local: np.ndarray         # (N, C) local labels, unclamped (the floor row (1/ls)/bias where no crop)
     has_crops: np.ndarray     # (N,) bool
     tau: float
     crops: list[View]         # the crop views scored by the teacher
@@ -178,6 +211,7 @@ def classifier_guided_label_update(*, y_prev: np.ndarray, student_probs: np.ndar
                                    ls: float | None = 20, r: float = 0.2, offset: float = 80,
                                    resolution: int = 640, threshold: float = 0.95, box_rule: str = "minmax",
                                    tau0: float | None = None, bound: float = 4, seed: int = 0,
+                                   tau_walk: str = "single_pass", no_crop: str = "floor",
                                    batch_size: int | None = None, cache_dir: str | Path | None = None,
                                    progress: bool = True) -> LabelUpdateResult:
     """SPEC §6, end to end. ``y_prev (N, C)`` debiased global labels, ``student_probs (N, C)`` sigmoid outputs,
@@ -192,7 +226,7 @@ def classifier_guided_label_update(*, y_prev: np.ndarray, student_probs: np.ndar
 
     if tau0 is None:
         tau0 = 0.05 if ls else 0.001
-    tau = calibrate_class_threshold(student_probs, tau0=tau0, bound=bound, seed=seed)
+    tau = calibrate_class_threshold(student_probs, tau0=tau0, bound=bound, seed=seed, walk=tau_walk)
     selected = select_classes(student_probs, tau)
     crops, owner = cam_boxes(cams, selected, image_sizes, offset=offset, resolution=resolution,
                              threshold=threshold, box_rule=box_rule)
@@ -204,6 +238,6 @@ def classifier_guided_label_update(*, y_prev: np.ndarray, student_probs: np.ndar
     else:
         crop_probs = np.zeros((0, c))
     y_loc, has = local_pseudo_labels(crop_probs, owner[:, 0], n, bias, ls=ls)
-    labels = mix_labels(y_prev, y_loc, has, r=r)
+    labels = mix_labels(y_prev, y_loc, has, r=r, no_crop=no_crop)
     return LabelUpdateResult(labels=labels, local=y_loc, has_crops=has, tau=tau, crops=crops, crop_owner=owner,
                              crops_per_image=len(crops) / max(n, 1))

@@ -1,5 +1,6 @@
 """Initial pseudo-labels from the teacher: CCD's debiased global labels (SPEC §4) and CDUL's global-local
-aggregation (SPEC §3), plus CDUL's gradient-alignment label update.
+aggregation (SPEC §3), plus CDUL's gradient-alignment label update (per mini-batch, as the public reproduction
+runs it, and its Bernoulli-KL analogue for a sigmoid/BCE student).
 
 Every function is pure (numpy in, numpy out). Shapes: ``N`` images, ``C`` classes, ``K`` tiles per image.
 """
@@ -20,7 +21,10 @@ __all__ = [
     "ccd_initial_pseudo_labels",
     "cdul_aggregate",
     "cdul_initial_pseudo_labels",
+    "cdul_alignment_schedule",
+    "cdul_kl_label_gradient",
     "cdul_gradient_alignment_update",
+    "cdul_bernoulli_alignment_update",
 ]
 
 
@@ -130,21 +134,67 @@ def cdul_initial_pseudo_labels(p_global: np.ndarray, tile_probs: np.ndarray, *, 
     return 0.5 * (s_g + s_ag + lam * np.abs(s_g - s_ag))
 
 
-def cdul_gradient_alignment_update(labels: np.ndarray, student_logits: np.ndarray, *, step: float = 1.0,
-                                   sigma: float = 0.2, eps: float = 1e-4) -> np.ndarray:
-    """CDUL's gradient-alignment label update (the rule this library implements).
+def cdul_alignment_schedule(epoch: int, *, warmup: int = 0, every: int = 10) -> bool:
+    """SPEC §3: whether CDUL aligns its labels during (0-based) ``epoch``: ``(epoch + 1) > warmup`` and
+    ``(epoch + 1) % every == 0`` (the reproduction's schedule; one aligned epoch, the last, in a 10-epoch run)."""
+    return (epoch + 1) > warmup and (epoch + 1) % every == 0
 
-    With ``L = BCE(sigmoid(z), y)`` the gradient w.r.t. the label is ``dL/dy = -z`` (``z`` the student's logit).
-    The label is moved in logit space against that gradient, weighted by a Gaussian of the label around 0.5
-    (uncertain labels move most, confident ones barely)::
 
-        u = logit(clip(y, eps, 1-eps));  w = exp(-(y - 0.5)^2 / (2 sigma^2))
-        y <- sigmoid(u - step * w * dL/dy) = sigmoid(u + step * w * z)
+def _gaussian_psi(y: np.ndarray, sigma: float) -> np.ndarray:
+    """``psi(y) = exp(-(y - 0.5)^2 / (2 sigma^2)) / (sigma sqrt(2 pi))`` (CDUL eq. 8, the reproduction's density)."""
+    return np.exp(-((y - 0.5) ** 2) / (2.0 * sigma ** 2)) / (sigma * np.sqrt(2.0 * np.pi))
 
-    ``(N, C), (N, C) -> (N, C)``.
+
+def _logit(y: np.ndarray) -> np.ndarray:
+    return np.log(y) - np.log1p(-y)
+
+
+def cdul_kl_label_gradient(labels: np.ndarray, student_probs: np.ndarray) -> np.ndarray:
+    """Gradient w.r.t. the labels of ``L = (1/B) sum_b KL(yhat_b || phat_b)``, ``yhat = y / S``, ``S = sum_c y_c``,
+    ``phat = p / sum_c p_c``: ``dL/dy_bc = (log(yhat_bc / phat_bc) - KL_b) / (B * S_b)``. ``(B, C), (B, C) -> (B, C)``.
+
+    Zero where the renormalised label equals the renormalised prediction (the rule's fixed point).
     """
-    y = np.clip(np.asarray(labels, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(student_probs, dtype=np.float64)
+    b = y.shape[0]
+    s = y.sum(1, keepdims=True)
+    yhat, phat = y / s, p / p.sum(1, keepdims=True)
+    log_ratio = np.log(yhat) - np.log(phat)
+    kl = (yhat * log_ratio).sum(1, keepdims=True)
+    return (log_ratio - kl) / (b * s)
+
+
+def cdul_gradient_alignment_update(labels: np.ndarray, student_probs: np.ndarray, *, sigma: float = 1.0,
+                                   step: float = 1.0, eps: float = 1e-6) -> np.ndarray:
+    """CDUL's gradient alignment (SPEC §3) as the public reproduction runs it, on one mini-batch.
+
+    ``student_probs`` are the batch's *pre-step* softmax outputs ``p = softmax(f(x))`` (the network trains with
+    softmax + KL). With ``g = dL/dy`` from :func:`cdul_kl_label_gradient` (``L`` the batch-mean KL of the
+    renormalised label to the prediction)::
+
+        u = logit(y);  u <- u - step * psi(y) * g;  y <- sigmoid(u)
+
+    ``psi`` the Gaussian density of :func:`_gaussian_psi` (``sigma = 1`` in the reproduction). The fixed point is a
+    label proportional to the prediction. ``(B, C), (B, C) -> (B, C)``; labels are clipped to ``[eps, 1 - eps]``
+    before the logit (the reproduction takes the logit of the raw label).
+    """
+    y = np.clip(np.asarray(labels, dtype=np.float64), eps, 1.0 - eps)
+    g = cdul_kl_label_gradient(y, student_probs)
+    u = _logit(y) - step * _gaussian_psi(y, sigma) * g
+    return 1.0 / (1.0 + np.exp(-u))
+
+
+def cdul_bernoulli_alignment_update(labels: np.ndarray, student_logits: np.ndarray, *, sigma: float = 1.0,
+                                    step: float = 1.0, eps: float = 1e-6) -> np.ndarray:
+    """The aligned analogue of :func:`cdul_gradient_alignment_update` for a sigmoid/BCE student (SPEC §3).
+
+    The per-class Bernoulli KL between label and prediction has gradient ``logit(y) - z`` in the label's logit
+    ``u``, so ``u <- u - step * psi(y) * (u - z)`` with ``z`` the batch's pre-step student logits; fixed point
+    ``y = sigmoid(z)``. ``(B, C), (B, C) -> (B, C)``.
+    """
+    y = np.clip(np.asarray(labels, dtype=np.float64), eps, 1.0 - eps)
     z = np.asarray(student_logits, dtype=np.float64)
-    u = np.log(y) - np.log1p(-y)
-    w = np.exp(-((y - 0.5) ** 2) / (2 * sigma ** 2))
-    return 1.0 / (1.0 + np.exp(-(u + step * w * z)))
+    u = _logit(y)
+    u = u - step * _gaussian_psi(y, sigma) * (u - z)
+    return 1.0 / (1.0 + np.exp(-u))

@@ -23,8 +23,9 @@ import torch
 from .cache import atomic_write_bytes, atomic_write_text, default_cache_dir
 from .config import DataConfig, RunConfig, config_to_dict
 from .datasets import MultiLabelDataset
-from .metrics import evaluate, mean_average_precision
-from .pseudolabels import (ccd_initial_pseudo_labels, cdul_gradient_alignment_update, cdul_initial_pseudo_labels)
+from .metrics import evaluate, mean_average_precision, released_code_map
+from .pseudolabels import (ccd_initial_pseudo_labels, cdul_alignment_schedule, cdul_bernoulli_alignment_update,
+                           cdul_gradient_alignment_update, cdul_initial_pseudo_labels)
 from .label_update import classifier_guided_label_update
 from .scoring import embed_views
 from .trainer import StudentTrainer
@@ -157,18 +158,24 @@ class TrainingLog:
         self.states: list[dict] = []
         self.t0 = time.perf_counter()
 
-    def epoch(self, targets: np.ndarray, *, alpha: float, consistency: bool) -> dict:
+    def epoch(self, targets: np.ndarray, *, alpha: float, consistency: bool, loss: str = "bce",
+              on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None) -> dict:
         t = time.perf_counter()
-        losses = self.trainer.fit_epoch(targets, alpha=alpha, consistency=consistency)
+        losses = self.trainer.fit_epoch(targets, alpha=alpha, consistency=consistency, loss=loss, on_batch=on_batch)
         train_logits = self.trainer.predict_logits()
         test_logits = self.trainer.predict_logits(self.ctx.test.image_paths)
         test_prob = 1.0 / (1.0 + np.exp(-test_logits))
         hard = (np.asarray(targets) >= 0.5).astype(np.uint8)
-        train_map = mean_average_precision(train_logits, hard).map
+        # the GT-free rule's train mAP (RunConfig.gt_free_input): "eval" = eval-mode logits vs labels >= 0.5;
+        # "released" = the epoch's training outputs vs labels == 1, scored with the released mAP (train.py 394-420)
+        map_eval = mean_average_precision(train_logits, hard).map
+        map_released = released_code_map(losses["train_scores"], (np.asarray(targets) == 1).astype(np.uint8)).map
+        train_map = map_released if self.ctx.cfg.gt_free_input == "released" else map_eval
         test_metrics = evaluate(test_prob, self.ctx.test.labels, class_names=list(self.ctx.test.class_ids))
         scalars = {k: float(v) for k, v in losses.items() if k in ("loss", "bce", "consistency")}
         row = {"epoch": len(self.history), "alpha": alpha, "consistency_on": consistency, **scalars,
-               "train_mAP_vs_pseudo": train_map, **{f"test_{k}": v for k, v in test_metrics.items()},
+               "train_mAP_vs_pseudo": train_map, "train_mAP_eval": map_eval, "train_mAP_released": map_released,
+               **{f"test_{k}": v for k, v in test_metrics.items()},
                "seconds": time.perf_counter() - t}
         self.history.append(row)
         self.test_scores.append(test_prob)
@@ -179,9 +186,11 @@ class TrainingLog:
         return 1.0 / (1.0 + np.exp(-self.trainer.predict_logits()))
 
 
-def alpha_for(epoch: int, coeff: float) -> float:
-    """SPEC §5: the positive-CAM factor is 1 during epoch 0, then ``coeff``."""
-    return 1.0 if epoch == 0 else coeff
+def alpha_for(epoch: int, coeff: float, schedule: str = "released") -> float:
+    """SPEC §5: the positive-CAM factor of training epoch ``epoch``. ``schedule="released"`` (StudentConfig default):
+    ``coeff`` in every epoch (the released code sets it before epoch 0 trains, ``train.py`` 343-345);
+    ``"warmup"``: 1 during epoch 0, then ``coeff``."""
+    return float(coeff) if (schedule == "released" or epoch > 0) else 1.0
 
 
 @dataclass
@@ -237,8 +246,8 @@ def _finish(ctx: Context, log: TrainingLog | None, *, method: str, stages: dict[
                      stage_labels={k: np.asarray(v, np.float32) for k, v in stages.items()})
 
 
-def _trainer(ctx: Context) -> StudentTrainer:
-    student_cfg = replace(ctx.cfg.student, seed=ctx.cfg.seed)
+def _trainer(ctx: Context, **student_overrides: Any) -> StudentTrainer:
+    student_cfg = replace(ctx.cfg.student, seed=ctx.cfg.seed, **student_overrides)
     return StudentTrainer(student_cfg, ctx.train.image_paths, ctx.train.num_classes, cache_dir=ctx.cache_dir)
 
 
@@ -266,7 +275,7 @@ def run_teacher_global(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
     trainer = timer("student_features", lambda: _trainer(ctx))
     log = TrainingLog(ctx, trainer)
     for epoch in range(cfg.epochs):
-        timer("student_training", lambda: log.epoch(p_train, alpha=alpha_for(epoch, cfg.student.coeff), consistency=False))
+        timer("student_training", lambda: log.epoch(p_train, alpha=alpha_for(epoch, cfg.student.coeff, cfg.student.alpha_schedule), consistency=False))
     return _finish(ctx, log, method="teacher_global", stages={"global": p_train}, info={},
                    seconds=timer.seconds, zero_shot=p_test)
 
@@ -282,16 +291,34 @@ def run_cdul(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
     # 2. global-local aggregation
     y = cdul_initial_pseudo_labels(p_global, p_tiles, theta=c.theta, lam=c.lam)
     stages = {"global": p_global, "cdul_initial": y}
-    # 3. train; after each epoch, optionally move the labels by gradient alignment
-    trainer = timer("student_features", lambda: _trainer(ctx))
+    # 3. train (softmax + KL as the reproduction, or BCE); in the scheduled epochs, after every optimiser step, move
+    #    that mini-batch's labels by gradient alignment with its pre-step predictions (SPEC §3)
+    trainer = timer("student_features", lambda: _trainer(ctx, batch_size=c.batch_size or cfg.student.batch_size))
     log = TrainingLog(ctx, trainer)
+    labels = np.array(y, dtype=np.float64, copy=True)      # the live labels the alignment writes
+
+    def align(idx: np.ndarray, logits: np.ndarray) -> None:
+        if c.alignment == "kl":
+            z = logits - logits.max(1, keepdims=True)
+            p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+            labels[idx] = cdul_gradient_alignment_update(labels[idx], p, sigma=c.ga_sigma, step=c.ga_step)
+        else:
+            labels[idx] = cdul_bernoulli_alignment_update(labels[idx], logits, sigma=c.ga_sigma, step=c.ga_step)
+
+    aligned_epochs = []
     for epoch in range(cfg.epochs):
-        timer("student_training", lambda: log.epoch(y, alpha=alpha_for(epoch, cfg.student.coeff), consistency=False))
-        if c.gradient_alignment and epoch < cfg.epochs - 1:
-            y = cdul_gradient_alignment_update(y, trainer.predict_logits(), step=c.ga_step, sigma=c.ga_sigma)
+        on = c.gradient_alignment and cdul_alignment_schedule(epoch, warmup=c.ga_warmup, every=c.ga_every)
+        timer("student_training", lambda: log.epoch(y, alpha=alpha_for(epoch, cfg.student.coeff, cfg.student.alpha_schedule),
+                                                    consistency=False, loss=c.student_loss,
+                                                    on_batch=align if on else None))
+        if on:
+            aligned_epochs.append(epoch)
+            y = labels.copy()
     if c.gradient_alignment:
         stages["cdul_final"] = y
-    return _finish(ctx, log, method="cdul", stages=stages, info={}, seconds=timer.seconds)
+    info = {"aligned_epochs": aligned_epochs, "student_loss": c.student_loss,
+            "alignment": c.alignment if c.gradient_alignment else None}
+    return _finish(ctx, log, method="cdul", stages=stages, info=info, seconds=timer.seconds)
 
 
 def run_ccd(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
@@ -312,24 +339,32 @@ def run_ccd(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
     log = TrainingLog(ctx, trainer)
     # 3. warm-up epochs on the initial labels
     warmup = c.warmup_epochs if c.local_views else 0
+    schedule = cfg.student.alpha_schedule
     for epoch in range(warmup):
-        timer("student_training", lambda: log.epoch(y, alpha=alpha_for(epoch, cfg.student.coeff), consistency=False))
-    # 4. the classifier-guided label update, once (SPEC §6)
+        timer("student_training", lambda: log.epoch(y, alpha=alpha_for(epoch, cfg.student.coeff, schedule), consistency=False))
+    # 4. the classifier-guided label update, once (SPEC §6): the student on the cam_image_size image (released: 640 px)
+    #    gives the probabilities for tau and the class selection, and its (alpha-scaled) CAMs give the boxes
     if c.local_views:
+        size = c.cam_image_size or cfg.student.image_size
+        cam_alpha = trainer.alpha if c.cam_alpha else None
+        probs = timer("label_update", lambda: 1.0 / (1.0 + np.exp(-trainer.predict_logits(image_size=size))))
         upd = timer("label_update", lambda: classifier_guided_label_update(
-            y_prev=y, student_probs=log.train_probabilities(), cams=trainer.cams, teacher=ctx.teacher,
+            y_prev=y, student_probs=probs, cams=lambda idx: trainer.cams(idx, alpha=cam_alpha, image_size=size),
+            teacher=ctx.teacher,
             classifier=ctx.classifier, image_paths=ctx.train.image_paths, image_sizes=ctx.image_sizes("train"),
             bias=init.bias, ls=c.ls or None, r=c.r, offset=c.offset, resolution=c.resolution,
             threshold=c.cam_threshold, box_rule=c.box_rule, bound=c.bound, seed=cfg.seed,
+            tau_walk=c.tau_walk, no_crop=c.no_crop,
             batch_size=cfg.teacher_batch_size or None, cache_dir=ctx.cache_dir))
         y = upd.labels
-        stages["ccd_local"] = np.where(upd.has_crops[:, None], upd.local, init.labels)
+        stages["ccd_local"] = np.where(upd.has_crops[:, None] | (c.no_crop == "floor"), upd.local, init.labels)
         stages["ccd_updated"] = upd.labels
         info.update(tau=upd.tau, crops=len(upd.crops), crops_per_image=upd.crops_per_image,
-                    images_without_crops=int((~upd.has_crops).sum()))
+                    images_without_crops=int((~upd.has_crops).sum()),
+                    updated_labels_equal_1=int((upd.labels == 1).sum()))
     # 5. the remaining epochs, with the consistency loss
     for epoch in range(warmup, cfg.epochs):
-        timer("student_training", lambda: log.epoch(y, alpha=alpha_for(epoch, cfg.student.coeff),
+        timer("student_training", lambda: log.epoch(y, alpha=alpha_for(epoch, cfg.student.coeff, schedule),
                                                     consistency=c.consistency and c.local_views))
     return _finish(ctx, log, method="ccd", stages=stages, info=info, seconds=timer.seconds)
 
@@ -342,7 +377,7 @@ def run_supervised(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
     trainer = timer("student_features", lambda: _trainer(ctx))
     log = TrainingLog(ctx, trainer)
     for epoch in range(cfg.epochs):
-        timer("student_training", lambda: log.epoch(y, alpha=alpha_for(epoch, cfg.student.coeff), consistency=False))
+        timer("student_training", lambda: log.epoch(y, alpha=alpha_for(epoch, cfg.student.coeff, cfg.student.alpha_schedule), consistency=False))
     return _finish(ctx, log, method="supervised", stages={}, info={}, seconds=timer.seconds)
 
 

@@ -126,7 +126,9 @@ class StudentConfig:
             after epochs 1 / 3 / 10: 1e-4: 21.7 / 23.0 / 27.3 (far from converged); 3e-4: 24.2 / 28.4 / 54.2;
             1e-3: 35.8 / 58.0 / 62.2; 3e-3: 58.5 / 62.1 / 62.8; 1e-2: 61.5 / 62.9 / 62.3. 3e-3 is at the
             plateau by epoch 2, when CCD first reads the CAMs, and stays there.
-        coeff: alpha after epoch 0 (the caller passes alpha to :meth:`StudentTrainer.fit_epoch`).
+        coeff: the positive-CAM factor (the caller passes alpha to :meth:`StudentTrainer.fit_epoch`).
+        alpha_schedule: ``"released"`` (default): ``coeff`` in every training epoch, as the released code sets it
+            after epoch 0's labelling pass, before epoch 0 trains (SPEC §5); ``"warmup"``: 1 in epoch 0, then ``coeff``.
         consistency_weight: weight of the consistency loss (SPEC §6.5: 1).
         n_aug_views: frozen mode: colour-jittered (+ own random flip) views per image whose features are
             cached for the consistency loss.
@@ -149,6 +151,7 @@ class StudentConfig:
     num_workers: int = 0
     device: str = "auto"
     seed: int = 0
+    alpha_schedule: str = "released"  # "released": coeff from epoch 0 (train.py 343-345) | "warmup": 1 in epoch 0
 
     def __post_init__(self) -> None:
         if self.trunk not in TRUNKS:
@@ -169,6 +172,8 @@ class StudentConfig:
         w = self.consistency_weight
         if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
             raise ConfigError(f"student.consistency_weight must be a finite number >= 0, got {w!r}")
+        if self.alpha_schedule not in ("released", "warmup"):
+            raise ConfigError(f"student.alpha_schedule must be 'released' or 'warmup', got {self.alpha_schedule!r}")
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"student.device must be a device string such as 'auto', 'cpu', 'cuda:0', got {self.device!r}")
 

@@ -38,8 +38,8 @@ __all__ = [
     "fit_logit_scale",
 ]
 
-#: CCD's single template (SPEC §1).
-DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of the {}.",)
+#: CCD's single template (SPEC §1), as released: no period (``train.py`` 53).
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of the {}",)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -71,7 +71,10 @@ class TeacherConfig:
     pretrained: open_clip tag or local checkpoint path; ``None`` = random weights (tests, benchmarks).
     image_size: input side; ``0`` = the architecture's own.
     logit_scale: softmax scale; ``0`` = the teacher's own (CLIP: exp(logit_scale) = 100; ConSE: 20).
-    templates: prompt templates, formatted with each class's prompt name.
+    templates: prompt templates, formatted with each class's prompt name (default the released ``'a photo of the {}'``).
+    normalization: open_clip only: ``"imagenet"`` (default, the released code, which feeds CLIP the student's
+        ImageNet-normalised tensor, ``datasets.py`` ``TorchvisionNormalize``) or ``"model"`` (the model's own CLIP
+        mean/std). The teacher's input side for the released setting is ``image_size=640`` (see notebooks/params).
     """
 
     backend: str = "conse"
@@ -81,8 +84,11 @@ class TeacherConfig:
     logit_scale: float = 0.0
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     device: str = "auto"
+    normalization: str = "imagenet"
 
     def __post_init__(self) -> None:
+        if self.normalization not in ("imagenet", "model"):
+            raise ConfigError(f"teacher.normalization must be 'imagenet' or 'model', got {self.normalization!r}")
         if self.backend not in ("conse", "open_clip"):
             raise ConfigError(f"teacher.backend must be 'conse' or 'open_clip', got {self.backend!r}")
         if not self.templates:
@@ -167,7 +173,7 @@ class OpenCLIPTeacher(Teacher):
     """open_clip back-end. ``pretrained``: an open_clip tag, a local checkpoint path, or ``None`` (random)."""
 
     def __init__(self, arch: str = "RN50", pretrained: str | None = None, *, image_size: int = 0,
-                 logit_scale: float = 0.0, device: str = "auto"):
+                 logit_scale: float = 0.0, device: str = "auto", normalization: str = "imagenet"):
         import open_clip
 
         self.device = resolve_device(device)
@@ -205,6 +211,10 @@ class OpenCLIPTeacher(Teacher):
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self._mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self._std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
+        if normalization == "imagenet":   # the released code: CLIP sees the student's ImageNet-normalised tensor
+            self._mean, self._std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        elif normalization != "model":
+            raise ConfigError(f"normalization must be 'imagenet' or 'model', got {normalization!r}")
         self.logit_scale = float(logit_scale) if logit_scale else float(model.logit_scale.exp().item())
         if pretrained is None:  # random weights: identify them by a hash of their first tensor (seed-dependent)
             from .cache import stable_hash
@@ -371,5 +381,5 @@ def build_teacher(config: TeacherConfig | None = None, **overrides) -> Teacher:
     cfg = replace(config or TeacherConfig(), **overrides) if overrides else (config or TeacherConfig())
     if cfg.backend == "open_clip":
         return OpenCLIPTeacher(cfg.arch, cfg.pretrained, image_size=cfg.image_size, logit_scale=cfg.logit_scale,
-                               device=cfg.device)
+                               device=cfg.device, normalization=cfg.normalization)
     return ConSETeacher(cfg.arch, image_size=cfg.image_size, logit_scale=cfg.logit_scale, device=cfg.device)

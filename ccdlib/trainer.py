@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -152,6 +152,16 @@ def _soft_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
     return loss.mean() if reduction == "mean" else loss.sum()
 
 
+def _softmax_kl(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """``(1/B) sum_b w_b KL(p_b || yhat_b)``, ``p = softmax(z)``, ``yhat = y / sum_c y`` (the CDUL reproduction)."""
+    logp = F.log_softmax(logits, dim=1)
+    yhat = targets / targets.sum(1, keepdim=True).clamp_min(1e-12)
+    kl = (logp.exp() * (logp - torch.log(yhat.clamp_min(1e-12)))).sum(1)     # (B,)
+    if weights is not None:
+        kl = kl * weights
+    return kl.mean()
+
+
 class StudentTrainer:
     """Trains a :class:`CAMStudent` one epoch at a time against pseudo-labels the caller supplies.
 
@@ -224,7 +234,8 @@ class StudentTrainer:
 
     # -------------------------------------------------------------- training
     def fit_epoch(self, targets: np.ndarray, *, alpha: float | np.ndarray, consistency: bool,
-                  sample_weights: np.ndarray | None = None) -> dict:
+                  sample_weights: np.ndarray | None = None, loss: str = "bce",
+                  on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None) -> dict:
         """Train one epoch over the training images in a seeded shuffled order.
 
         Args:
@@ -232,10 +243,15 @@ class StudentTrainer:
             alpha: the positive-CAM factor (SPEC §5: 1 in epoch 0, then ``config.coeff``), float or ``(C,)``.
             consistency: add ``consistency_weight * BCE(student(x'), sigmoid(student(x)).detach())`` (CCD, epoch >= 2).
             sample_weights: optional ``(N,)`` per-image weights of the pseudo-label BCE (default all 1).
+            loss: the pseudo-label loss. ``"bce"``: soft-target BCE-with-logits (SPEC §5). ``"softmax_kl"``: the
+                CDUL reproduction's loss, ``(1/B) sum_b KL(softmax(z_b) || y_b / sum_c y_bc)`` (its training loss is
+                ``KLDivergence(preds, pseudo_labels)``, the prediction first); one process only. Logged as ``"bce"``.
+            on_batch: called as ``on_batch(indices (B,), logits (B, C) float64)`` right after each optimiser step with
+                that batch's *pre-step* logits (CDUL's per-mini-batch label alignment, SPEC §3).
 
         Returns:
             ``{"epoch", "loss", "bce", "consistency" (NaN when off), "seconds", "train_scores"}``: mean losses over
-            batches, and ``train_scores`` the ``(N, C)`` sigmoid outputs seen during the epoch (training views,
+            batches, and ``train_scores`` the ``(N, C)`` sigmoid (``softmax_kl``: softmax) outputs seen during the epoch (training views,
             image order), which the released code's GT-free checkpoint rule compares with the pseudo-labels.
         """
         cfg = self.config
@@ -250,6 +266,10 @@ class StudentTrainer:
             w = np.asarray(sample_weights, dtype=np.float32)
             if w.shape != (n,) or not np.all(np.isfinite(w)) or w.min() < 0:
                 raise ConfigError(f"sample_weights must be ({n},) finite and >= 0, got shape {w.shape}")
+        if loss not in ("bce", "softmax_kl"):
+            raise ConfigError(f"loss must be 'bce' or 'softmax_kl', got {loss!r}")
+        if loss != "bce" and self._ddp is not None:
+            raise ConfigError("loss='softmax_kl' runs in one process only (no DDP)")
         a = self._alpha_tensor(alpha)
         g = _generator(cfg.seed, _TAG_SHUFFLE, self.epoch)
         order = torch.randperm(n, generator=g)
@@ -271,23 +291,28 @@ class StudentTrainer:
                 if ddp:  # this rank's summed loss / (images in the step x C), x world: DDP averages the gradients
                     k = self.world / (m * c)
                     bce = _soft_bce(logits, yt, wt, reduction="sum") * k
+                elif loss == "softmax_kl":
+                    bce = _softmax_kl(logits, yt, wt)
                 else:
                     bce = _soft_bce(logits, yt, wt)
-                loss = bce
+                total = bce
                 if consistency:
                     target = torch.sigmoid(logits).detach()
                     if ddp:
                         cons = F.binary_cross_entropy_with_logits(self._logits(x_aug, a), target, reduction="sum") * k
                     else:
                         cons = F.binary_cross_entropy_with_logits(self._logits(x_aug, a), target)
-                    loss = bce + cfg.consistency_weight * cons
+                    total = bce + cfg.consistency_weight * cons
                     sums["consistency"] += cons.item() / share
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                total.backward()
                 self.optimizer.step()
-                sums["loss"] += loss.item() / share
+                if on_batch is not None:
+                    on_batch(idx, logits.detach().double().cpu().numpy())
+                sums["loss"] += total.item() / share
                 sums["bce"] += bce.item() / share
-                scores[idx] = torch.sigmoid(logits.detach()).float().cpu().numpy()
+                out = torch.softmax(logits.detach(), 1) if loss == "softmax_kl" else torch.sigmoid(logits.detach())
+                scores[idx] = out.float().cpu().numpy()
                 n_batches += 1
         if ddp:  # every image was scored on exactly one rank; the step losses are sums of the ranks' shares
             t = torch.tensor([sums["loss"], sums["bce"], sums["consistency"]], dtype=torch.float64, device=self.device)
@@ -361,9 +386,12 @@ class StudentTrainer:
 
     # -------------------------------------------------------------- inference
     def _base_outputs(self, image_paths: Sequence[str | Path] | None, indices: Sequence[int] | None,
-                      fn) -> np.ndarray:
-        """Apply ``fn(cam (B, C, h, w)) -> array`` to the base views' CAMs, batch by batch, and concatenate."""
+                      fn, image_size: int | None = None) -> np.ndarray:
+        """Apply ``fn(cam (B, C, h, w)) -> array`` to the base views' CAMs, batch by batch, and concatenate.
+        ``image_size``: the input side (default the config's); frozen mode extracts (and caches) the trunk features
+        of the requested images at another size, one forward pass per image."""
         cfg = self.config
+        size = int(image_size or cfg.image_size)
         paths = self.image_paths if image_paths is None else [Path(p) for p in image_paths]
         idx = np.arange(len(paths)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= len(paths)):
@@ -374,17 +402,23 @@ class StudentTrainer:
         try:
             with torch.inference_mode():
                 if cfg.mode == "frozen":
-                    if image_paths is None:
+                    rows = idx
+                    if size != cfg.image_size:      # only the requested images, at the other size
+                        base = _features.extract_features(self.student, [paths[i] for i in idx], image_size=size,
+                                                          views=("base",), cache_dir=self.cache_dir, seed=cfg.seed,
+                                                          progress=self.progress)["base"]
+                        rows = np.arange(len(idx))
+                    elif image_paths is None:
                         base = self._views(["base"])["base"]
                     else:
                         base = _features.extract_features(self.student, paths, image_size=cfg.image_size, views=("base",),
                                                 cache_dir=self.cache_dir, seed=cfg.seed,
                                                 progress=self.progress)["base"]
-                    for b in range(0, len(idx), cfg.batch_size):
-                        f = torch.from_numpy(base[idx[b:b + cfg.batch_size]]).to(self.device).float()
+                    for b in range(0, len(rows), cfg.batch_size):
+                        f = torch.from_numpy(base[rows[b:b + cfg.batch_size]]).to(self.device).float()
                         outs.append(fn(self.student.head(f)))
                 else:
-                    ds = _ImageViews([paths[i] for i in idx], trunk=cfg.trunk, image_size=cfg.image_size,
+                    ds = _ImageViews([paths[i] for i in idx], trunk=cfg.trunk, image_size=size,
                                      seed=cfg.seed, epoch=0, train=False, with_aug=False)
                     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=False,
                                                          num_workers=cfg.num_workers)
@@ -399,17 +433,19 @@ class StudentTrainer:
         return np.concatenate(outs)
 
     def predict_logits(self, image_paths: Sequence[str | Path] | None = None, *,
-                       alpha: float | np.ndarray | None = None) -> np.ndarray:
+                       alpha: float | np.ndarray | None = None, image_size: int | None = None) -> np.ndarray:
         """``(N, C)`` float32 logits of the base views (no augmentation).
 
         ``image_paths=None``: the training images. ``alpha=None``: the alpha of the last trained epoch
-        (``self.alpha``). Frozen mode extracts (and caches) base features of new paths.
+        (``self.alpha``). Frozen mode extracts (and caches) base features of new paths. ``image_size``: another input
+        side (CCD's CAM pass on the 640 px image).
         """
         a = self._alpha_tensor(self.alpha if alpha is None else alpha)
-        return self._base_outputs(image_paths, None, lambda cam: cam_to_logits(cam, a).float().cpu().numpy())
+        return self._base_outputs(image_paths, None, lambda cam: cam_to_logits(cam, a).float().cpu().numpy(),
+                                  image_size=image_size)
 
     def cams(self, indices: Sequence[int] | None = None, image_paths: Sequence[str | Path] | None = None, *,
-             alpha: float | np.ndarray | None = None) -> np.ndarray:
+             alpha: float | np.ndarray | None = None, image_size: int | None = None) -> np.ndarray:
         """``(N, C, h, w)`` float32 CAMs of base views: of the training images (``image_paths=None``) or of
         ``image_paths``, restricted to ``indices`` into that list when given.
 
@@ -425,7 +461,7 @@ class StudentTrainer:
                 else:
                     cam = torch.where(cam > 0, cam * a, cam)
             return cam.float().cpu().numpy()
-        return self._base_outputs(image_paths, indices, fn)
+        return self._base_outputs(image_paths, indices, fn, image_size=image_size)
 
     # -------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -38,7 +38,8 @@ def test_raster_rule_differs_from_minmax():
     cam[4, 7] = 1.0
     cam[6, 1] = 1.0
     assert cam_to_box(cam, resolution=8, box_rule="minmax") == (1, 1, 8, 7)
-    assert cam_to_box(cam, resolution=8, box_rule="raster") == (1, 1, 6, 7)
+    # released cropping_box: the corner pixels' coordinates as they are, so the far edge excludes them
+    assert cam_to_box(cam, resolution=8, box_rule="raster") == (1, 1, 5, 6)
 
 
 def test_crop_geometry_offset_clip_and_scale():
@@ -57,7 +58,7 @@ def test_crop_geometry_offset_clip_and_scale():
 def test_threshold_calibration_walks_up_until_in_bound():
     rng = np.random.default_rng(0)
     probs = rng.uniform(0, 0.2, size=(1000, 20))
-    tau = calibrate_class_threshold(probs, tau0=0.05, step=0.001, bound=4, block=100, seed=0)
+    tau = calibrate_class_threshold(probs, tau0=0.05, step=0.001, bound=4, block=100, seed=0, walk="multi_pass")
     # expected count at tau is 20 * (0.2 - tau) / 0.2; it must lie in (4, 6) => tau in (0.14, 0.16)
     assert 0.135 < tau < 0.165
     count = (probs >= tau).sum(1).mean()
@@ -66,8 +67,30 @@ def test_threshold_calibration_walks_up_until_in_bound():
 
 def test_threshold_calibration_stops_when_count_already_low():
     probs = np.full((200, 10), 0.01)
-    assert calibrate_class_threshold(probs, tau0=0.05) == 0.05
+    assert calibrate_class_threshold(probs, tau0=0.05, walk="multi_pass") == 0.05
     assert select_classes(probs, 0.05).sum() == 0
+    # the released single pass keeps walking (it never stops early): one step per checked block, 200 images -> 1
+    assert calibrate_class_threshold(probs, tau0=0.05) == pytest.approx(0.051)
+
+
+def test_threshold_calibration_single_pass_moves_once_per_block_and_ends_with_the_data():
+    """The released loop (train.py 216-247): one shuffled pass, the running mean checked at positions 100, 200, ...
+    (the first block holds 101 images, divided by 100), tau += step after each failed check."""
+    probs = np.full((320, 20), 0.5)            # 20 classes above any tau < 0.5: never in (4, 6)
+    assert calibrate_class_threshold(probs, tau0=0.05, step=0.001) == pytest.approx(0.053)   # checks at 100, 200, 300
+    assert calibrate_class_threshold(probs[:100], tau0=0.05) == 0.05                          # no check reached
+    # 5 classes per image: the first check sees 101 * 5 / 100 = 5.05 in (4, 6) and stops at tau0
+    five = np.zeros((320, 20))
+    five[:, :5] = 0.5
+    assert calibrate_class_threshold(five, tau0=0.05) == 0.05
+    # 7 classes: 7.07 at the first check, then 7.0, 7.0: never in (4, 6), walks to the end of the data
+    seven = np.zeros((320, 20))
+    seven[:, :7] = 0.5
+    assert calibrate_class_threshold(seven, tau0=0.05) == pytest.approx(0.053)
+    # 4 classes: 4.04 at the first check, in (4, 6): stops; 100 * 4 / 100 alone would not be (> 4 is strict)
+    four = np.zeros((320, 20))
+    four[:, :4] = 0.5
+    assert calibrate_class_threshold(four, tau0=0.05) == 0.05
 
 
 def test_local_labels_max_floor_bias():
@@ -75,16 +98,32 @@ def test_local_labels_max_floor_bias():
     crop_images = np.array([0, 0, 2])
     bias = np.array([0.5, 0.8])
     y, has = local_pseudo_labels(crop_probs, crop_images, 3, bias, ls=20)
-    np.testing.assert_allclose(y[0], [1.0, 0.5 / 0.8])
-    np.testing.assert_allclose(y[2], [1.0, 0.05 / 0.8])
+    # NOT clamped (the released code clamps once, after the mix)
+    np.testing.assert_allclose(y[0], [0.6 / 0.5, 0.5 / 0.8])
+    np.testing.assert_allclose(y[2], [0.9 / 0.5, 0.05 / 0.8])
     assert has.tolist() == [True, False, True]
-    np.testing.assert_allclose(y[1], [0, 0])
+    np.testing.assert_allclose(y[1], [0.05 / 0.5, 0.05 / 0.8])      # no crop: the floor row (1/ls) / bias
+    y0, _ = local_pseudo_labels(crop_probs, crop_images, 3, bias, ls=None)
+    np.testing.assert_allclose(y0[1], [0.0, 0.0])                    # without the floor: 0
 
 
 def test_ratio_mixing_and_images_without_crops_keep_labels():
     y_prev = np.array([[0.2, 1.0], [0.4, 0.4]])
     y_loc = np.array([[1.0, 0.0], [0.9, 0.9]])
-    out = mix_labels(y_prev, y_loc, np.array([True, False]), r=0.2)
+    out = mix_labels(y_prev, y_loc, np.array([True, False]), r=0.2, no_crop="keep")
     np.testing.assert_allclose(out[0], [0.2 * 0.2 + 0.8 * 1.0, 0.2 * 1.0])
     np.testing.assert_allclose(out[1], y_prev[1])
     np.testing.assert_allclose(mix_labels(y_prev, y_loc, np.array([True, True]), r=1.0), y_prev)
+    # released default: the crop-less row is mixed like the others
+    out = mix_labels(y_prev, y_loc, np.array([True, False]), r=0.2)
+    np.testing.assert_allclose(out[1], [0.2 * 0.4 + 0.8 * 0.9] * 2)
+
+
+def test_mix_clamps_once_after_the_mix():
+    """A local label above 1 still pulls a low previous label up: clamp(r y_prev + (1-r) y_loc), not of y_loc."""
+    y_prev = np.array([[0.1, 0.1]])
+    y_loc = np.array([[1.5, 0.9]])
+    out = mix_labels(y_prev, y_loc, np.array([True]), r=0.2)
+    np.testing.assert_allclose(out, [[1.0, 0.2 * 0.1 + 0.8 * 0.9]])          # 0.02 + 1.2 -> 1
+    np.testing.assert_allclose(mix_labels(np.array([[0.1]]), np.array([[1.1]]), np.array([True]), r=0.2),
+                               [[0.02 + 0.88]])                              # clamping y_loc first would give 0.82

@@ -426,11 +426,12 @@ def test_ccd_same_seed_same_numbers_with_and_without_cache(mosaic_root, shared_c
 
 
 def test_cdul_same_seed_same_numbers(mosaic_root, shared_cache, tmp_path, record_labels):
-    a = run_cdul(_cfg(mosaic_root, tmp_path / "a", cache_dir=str(shared_cache), method="cdul", epochs=2))
+    a = run_cdul(_cfg(mosaic_root, tmp_path / "a", cache_dir=str(shared_cache), method="cdul", epochs=2,
+                      cdul_ga_every=1))   # align in both epochs (default: every 10th)
     labels_a = list(record_labels)
     assert {n for n, _ in labels_a} == {"cdul_initial_pseudo_labels", "cdul_gradient_alignment_update"}
     record_labels.clear()
-    b = run_cdul(_cfg(mosaic_root, tmp_path / "b", method="cdul", epochs=2))          # fresh cache
+    b = run_cdul(_cfg(mosaic_root, tmp_path / "b", method="cdul", epochs=2, cdul_ga_every=1))   # fresh cache
     assert_same_result(a, b)
     _assert_same_labels(labels_a, list(record_labels))
 
