@@ -16,6 +16,7 @@ from .mosaic import build_mosaics, embedded_dataset, read_mosaic
 from .pseudolabels import (ccd_initial_pseudo_labels, cdul_aggregate, cdul_gradient_alignment_update,
                            cdul_initial_pseudo_labels, class_bias, confident_images, debias, entropy,
                            label_smoothing_floor)
+from .pseudolabels import cdul_alignment_schedule, cdul_bernoulli_alignment_update, cdul_kl_label_gradient
 from .readers import VOC_CLASSES, load_dataset, read_coco, read_nuswide, read_voc
 from .runs import (Context, RunResult, global_probabilities, grid_probabilities, load_result, make_context,
                    pseudo_label_quality, run, run_ccd, run_cdul, run_supervised, run_teacher_global,

@@ -102,7 +102,7 @@ def cam_to_box(cam: np.ndarray | torch.Tensor, *, resolution: int = 640, thresho
     lo, hi = up.min(), up.max()
     if not torch.isfinite(hi - lo) or hi - lo <= 0:
         return None
-    norm = (up - lo) / (hi - lo + 1e-5)     # the released code's guard (train.py 307-308)
+    norm = (up - lo) / (hi - lo + 1e-5)     # the released guard (train.py 299-332)
     ys, xs = torch.nonzero(norm > threshold, as_tuple=True)
     if len(xs) == 0:
         return None

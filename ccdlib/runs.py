@@ -167,7 +167,7 @@ class TrainingLog:
         test_prob = 1.0 / (1.0 + np.exp(-test_logits))
         hard = (np.asarray(targets) >= 0.5).astype(np.uint8)
         # the GT-free rule's train mAP (RunConfig.gt_free_input): "eval" = eval-mode logits vs labels >= 0.5;
-        # "released" = the epoch's training outputs vs labels == 1, scored with the released mAP (train.py 394-420)
+        # "released" = the epoch's training outputs vs labels == 1, released mAP (train.py, end of the epoch loop)
         map_eval = mean_average_precision(train_logits, hard).map
         map_released = released_code_map(losses["train_scores"], (np.asarray(targets) == 1).astype(np.uint8)).map
         train_map = map_released if self.ctx.cfg.gt_free_input == "released" else map_eval

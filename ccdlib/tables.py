@@ -49,6 +49,7 @@ METHOD_LABELS: dict[str, str] = {
     "teacher_global": "student on teacher-global labels",
     "cdul": "CDUL",
     "cdul_no_ga": "CDUL without gradient alignment",
+    "cdul_bce": "CDUL (BCE analogue)",   # cdul.alignment=bernoulli, cdul.student_loss=bce
     "ccd": "CCD",
     "supervised": "supervised (upper bound)",
 }
@@ -99,10 +100,13 @@ def _row(result: Mapping[str, Any], rule: str, metrics: Sequence[str], *, label_
 
 
 def _method_key(result: Mapping[str, Any]) -> str:
-    """The :data:`METHOD_LABELS` key of a run: its method, ``cdul_no_ga`` for CDUL with gradient alignment off."""
+    """The :data:`METHOD_LABELS` key of a run: its method, ``cdul_no_ga`` for CDUL with gradient alignment off,
+    ``cdul_bce`` for CDUL's BCE analogue (``cdul.alignment: bernoulli``)."""
     cdul = (result.get("config") or {}).get("cdul") or {}
     if result["method"] == "cdul" and cdul.get("gradient_alignment") is False:
         return "cdul_no_ga"
+    if result["method"] == "cdul" and cdul.get("alignment") == "bernoulli":
+        return "cdul_bce"
     return result["method"]
 
 
