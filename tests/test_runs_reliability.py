@@ -486,3 +486,40 @@ def test_notebook_parameters_constant_matches_the_notebooks():
     for params in sorted((NOTEBOOKS / "params").glob("*.yaml")):          # the shipped params files load
         with pytest.warns(UserWarning):
             load_config(params)
+
+
+def test_trainer_state_round_trip_in_finetune_mode(tmp_path):
+    """StudentTrainer.training_state -> a fresh trainer -> the next epoch equals an uninterrupted trainer's
+    (the whole model incl. BatchNorm statistics, Adam's moments, epoch and alpha), through torch.save."""
+    from PIL import Image
+    from ccdlib.student import StudentConfig
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"im{i}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    cfg = StudentConfig(trunk_weights="random", mode="finetune", image_size=32, batch_size=2, device="cpu", seed=3)
+    y = rng.random((4, 3)).astype(np.float32)
+
+    def trainer():
+        return StudentTrainer(cfg, paths, 3, cache_dir=None, progress=False)
+    a = trainer()
+    for e in range(2):
+        a.fit_epoch(y, alpha=1.0 if e == 0 else 3.0, consistency=e == 1)
+    b = trainer()
+    b.fit_epoch(y, alpha=1.0, consistency=False)
+    torch.save(b.training_state(), tmp_path / "state.pt")
+    c = trainer()
+    c.load_training_state(torch.load(tmp_path / "state.pt", weights_only=False))
+    assert c.epoch == 1 and c.alpha == 1.0
+    c.fit_epoch(y, alpha=3.0, consistency=True)
+    sa, sc = a.state_dict(), c.state_dict()
+    assert sa.keys() == sc.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sc[k]), k
+    fresh = trainer()                                  # the check has teeth: without the optimiser state it differs
+    fresh.load_state_dict(b.state_dict())
+    fresh.epoch = 1
+    fresh.fit_epoch(y, alpha=3.0, consistency=True)
+    assert any(not torch.equal(sa[k], fresh.state_dict()[k]) for k in sa)
