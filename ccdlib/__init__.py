@@ -21,6 +21,8 @@ from .readers import VOC_CLASSES, load_dataset, read_coco, read_nuswide, read_vo
 from .runs import (Context, RunResult, global_probabilities, grid_probabilities, load_result, make_context,
                    pseudo_label_quality, run, run_ccd, run_cdul, run_supervised, run_teacher_global,
                    select_checkpoints, view_probabilities)
+from .runs import TrainingState, check_inputs_unchanged, check_writable, input_fingerprint  # issue 11
+from .errors import OutputError  # issue 11
 from .scoring import embed_views, score_views
 from .student import CAMStudent, StudentConfig, build_student, cam_to_logits, load_student_checkpoint
 from .trainer import StudentTrainer

@@ -29,7 +29,8 @@ def _run(argv: list[str]) -> int:
     ap.add_argument("--config", help="YAML run config (see notebooks/params/ and ccdlib.config.RunConfig)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set ccd.r=0.5 --set method=cdul (repeatable)")
-    ap.add_argument("--force", action="store_true", help="recompute even if the run's results exist")
+    ap.add_argument("--force", action="store_true", help="recompute even if the run's results exist (and drop the training state an "
+                         "interrupted run saved; without --force a rerun resumes from it)")
     args = ap.parse_args(argv)
     from .config import load_config
     from .distributed import init_distributed
@@ -38,9 +39,12 @@ def _run(argv: list[str]) -> int:
     rank = init_distributed()
     result = run(cfg, force=args.force, save=(rank == 0))
     if rank == 0:
+        def num(v) -> str:   # NaN is saved as null (e.g. a test split without labels)
+            return "n/a" if v is None else f"{v:.2f}"
         for rule, sel in result["selected"].items():
             m = sel["metrics"]
-            print(f"{result['name']}  {rule:9s} epoch={sel['epoch']}  mAP={m['mAP']:.2f}  CF1={m['CF1']:.2f}  OF1={m['OF1']:.2f}")
+            print(f"{result['name']}  {rule:9s} epoch={sel['epoch']}  mAP={num(m['mAP'])}  CF1={num(m['CF1'])}  "
+                  f"OF1={num(m['OF1'])}")
         print(f"results: {cfg.out_dir}/{result['name']}/")
     return 0
 

@@ -21,6 +21,8 @@ __all__ = [
     "stable_hash",
     "file_fingerprint",
     "image_fingerprints",
+    "file_fingerprints",
+    "changed_files",
     "atomic_write_bytes",
     "atomic_write_text",
     "save_array",
@@ -82,6 +84,24 @@ def image_fingerprints(paths: Sequence[str | os.PathLike]) -> Callable[[int], di
                 raise DatasetError(f"image not found: {paths[i]}") from None
         return memo[i]
     return fp
+
+
+def file_fingerprints(paths: Sequence[str | os.PathLike]) -> list[tuple[int, int] | None]:
+    """``(size, mtime_ns)`` of every file (``None`` for a missing one): what :func:`file_fingerprint` keys caches
+    by, without the path. A file replaced or rewritten gets another mtime, even with the same bytes."""
+    out: list[tuple[int, int] | None] = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            out.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return out
+
+
+def changed_files(paths: Sequence[str | os.PathLike], fingerprints: Sequence[tuple[int, int] | None]) -> list[Path]:
+    """The files among ``paths`` whose :func:`file_fingerprints` differ from ``fingerprints`` (now missing ones too)."""
+    return [Path(p) for p, now, then in zip(paths, file_fingerprints(paths), fingerprints) if now != then]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -61,6 +61,14 @@ class DataConfig:
                 raise ConfigError(f"data.{name} must be >= 0 (0 = all), got {getattr(self, name)}")
         if self.kind != "mosaic" and not self.root:
             raise ConfigError(f"data.root is required for data.kind={self.kind!r}: the folder of your local copy")
+        if self.mosaic_seed < 0:
+            raise ConfigError(f"data.mosaic_seed must be >= 0, got {self.mosaic_seed}")
+        for name in ("train_split", "test_split"):
+            if not str(getattr(self, name)).strip():
+                raise ConfigError(f"data.{name} must name a split (e.g. 'train'), got {getattr(self, name)!r}")
+        for name in ("root", "classes"):
+            if getattr(self, name) is not None and not str(getattr(self, name)).strip():
+                raise ConfigError(f"data.{name} must be null or a path, got an empty string")
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,7 @@ class CCDConfig:
             raise ConfigError(f"ccd.cam_image_size must be 0 (the student's) or >= 32, got {self.cam_image_size}")
         if self.warmup_epochs < 0 or self.resolution < 16 or self.bound < 0:
             raise ConfigError("ccd.warmup_epochs >= 0, ccd.resolution >= 16 and ccd.bound >= 0 are required")
+        _check_finite(self, "ccd.")
 
 
 @dataclass(frozen=True)
@@ -157,6 +166,9 @@ class CDULConfig:
             raise ConfigError(f"cdul.ga_warmup must be >= 0 and cdul.ga_every >= 1, got {self.ga_warmup}, {self.ga_every}")
         if self.batch_size < 0:
             raise ConfigError(f"cdul.batch_size must be >= 1, or 0 for student.batch_size, got {self.batch_size}")
+        if self.lam < 0 or self.ga_step < 0:
+            raise ConfigError(f"cdul.lam and cdul.ga_step must be >= 0, got lam={self.lam}, ga_step={self.ga_step}")
+        _check_finite(self, "cdul.")
 
 
 @dataclass(frozen=True)
@@ -189,6 +201,23 @@ class RunConfig:
             raise ConfigError(f"teacher_batch_size must be >= 1, or 0 for auto, got {self.teacher_batch_size}")
         if self.method == "ccd" and self.ccd.local_views and self.ccd.warmup_epochs >= self.epochs:
             raise ConfigError(f"ccd.warmup_epochs ({self.ccd.warmup_epochs}) must be < epochs ({self.epochs})")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 32:
+            raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
+        if not str(self.out_dir).strip():
+            raise ConfigError("out_dir must name a folder, got an empty string")
+        if self.cache_dir is not None and not str(self.cache_dir).strip():
+            raise ConfigError("cache_dir must be null ($CCDLIB_CACHE or ~/.cache/ccdlib) or a folder, got ''")
+        _check_finite(self.teacher, "teacher.")
+        if not isinstance(self.teacher.device, str) or not self.teacher.device.strip():
+            raise ConfigError(f"teacher.device must be a device string such as 'auto', 'cpu', 'cuda:0', "
+                              f"got {self.teacher.device!r}")
+        if self.teacher.backend == "conse" and self.teacher.arch not in ("efficientnet-lite0", "efficientnet-lite2"):
+            raise ConfigError(f"teacher.arch must be 'efficientnet-lite0' or 'efficientnet-lite2' for the conse "
+                              f"backend, got {self.teacher.arch!r}")
+        # One seed (issue 11): ``seed`` seeds the student too, and the recorded config says so (a config file or
+        # --set giving both, differently, is refused in config_from_dict; replace(cfg, seed=s) moves both).
+        if self.student.seed != self.seed:
+            object.__setattr__(self, "student", dataclasses.replace(self.student, seed=self.seed))
 
     @property
     def name(self) -> str:
@@ -202,6 +231,15 @@ class RunConfig:
         if self.tag:
             parts.insert(0, self.tag)
         return "_".join(str(p).replace("/", "-") for p in parts)
+
+
+def _check_finite(cfg: Any, prefix: str) -> None:
+    """Every float field of ``cfg`` is a finite number (NaN passes every range check), named on failure."""
+    import math
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{prefix}{f.name} must be a finite number, got {v!r}")
 
 
 def config_to_dict(cfg: Any) -> dict:
@@ -273,8 +311,14 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
 
 
 def config_from_dict(data: dict) -> RunConfig:
-    """Build a :class:`RunConfig` from a nested dict; unknown keys are a :class:`ConfigError`."""
-    return _build(RunConfig, data or {}, "")
+    """Build a :class:`RunConfig` from a nested dict; unknown keys are a :class:`ConfigError`. ``student.seed``, if
+    given, must equal ``seed`` (one seed per run: ``seed`` seeds the student and is recorded as both)."""
+    cfg = _build(RunConfig, data or {}, "")
+    student = (data or {}).get("student")
+    if isinstance(student, dict) and "seed" in student and student["seed"] != cfg.seed:
+        raise ConfigError(f"student.seed ({student['seed']}) differs from seed ({cfg.seed}): a run has one seed; "
+                          f"set `seed` only (it seeds the student as well)")
+    return cfg
 
 
 def _set_dotted(d: dict, key: str, value: Any) -> None:
@@ -316,8 +360,14 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping of keys to values")
         if is_flat(data):  # a notebook parameter file (notebooks/params/*.yaml): keep its RunConfig keys
+            import difflib
             import warnings
             keys = flat_config_keys() - {"out_dir"}   # a notebook's out_dir is its reports folder, not a run's
+            unknown = sorted(set(data) - keys - NOTEBOOK_PARAMETERS)
+            if unknown:   # a typo is an error, not a "notebook-only parameter"
+                hints = {k: difflib.get_close_matches(k, sorted(keys | NOTEBOOK_PARAMETERS), n=1) for k in unknown}
+                raise ConfigError(f"{p}: unknown parameter(s) {unknown}: neither RunConfig keys nor notebook "
+                                  f"parameters" + "".join(f"; {k}: did you mean {h[0]!r}?" for k, h in hints.items() if h))
             ignored = sorted(set(data) - keys)
             if ignored:
                 warnings.warn(f"{p}: notebook-only parameters ignored by the run config: {ignored}", stacklevel=2)
@@ -326,6 +376,14 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 _SECTIONS = ("data", "teacher", "student", "ccd", "cdul")
+
+#: Parameters of the notebooks' ``parameters`` cells that are not RunConfig keys (a flat params file may hold them;
+#: ``load_config`` ignores them, and any other unknown key is an error). tests/test_runs_reliability.py keeps this
+#: in step with the notebooks.
+NOTEBOOK_PARAMETERS = frozenset({
+    "out_dir", "force", "n_examples", "grids", "view_split", "around_fraction", "example_index", "local_grid",
+    "example_indices", "max_cams", "ablation_switches", "ablation_r", "ablation_offset", "ablation_bound",
+    "ablation_box_rule"})
 
 
 def flat_to_nested(params: dict[str, Any]) -> dict:

@@ -1,7 +1,8 @@
 """Exceptions with messages that name the culprit (path, class, key)."""
 from __future__ import annotations
 
-__all__ = ["CCDError", "DatasetError", "ConfigError", "CheckpointError", "TeacherError", "DataSetupError"]
+__all__ = ["CCDError", "DatasetError", "ConfigError", "CheckpointError", "TeacherError", "DataSetupError",
+           "OutputError"]
 
 
 class CCDError(Exception):
@@ -26,3 +27,7 @@ class TeacherError(CCDError, ValueError):
 
 class DataSetupError(CCDError, RuntimeError):
     """The embedded data's sources (Debian packages) cannot be found or fetched."""
+
+
+class OutputError(CCDError, OSError):
+    """Results (or a run's training state) cannot be written: the folder is not writable, the disk is full."""

@@ -48,6 +48,7 @@ precision and mean recall, *not* the mean of the per-class F1s (``f1_score(avera
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -339,7 +340,7 @@ def evaluate(
         class_names: optional C names (only checked for length here).
         ignore: optional (N, C) mask; affects the two mAP values only.
         threshold: threshold for CP ... OF1.
-        k: top-k for the ``*_top{k}`` keys.
+        k: top-k for the ``*_top{k}`` keys; with fewer than ``k`` classes these keys are NaN (with a warning).
 
     Returns:
         ``{"mAP", "n_excluded", "mAP_released", "CP", "CR", "CF1", "OP", "OR", "OF1",
@@ -354,6 +355,11 @@ def evaluate(
     rel = _map_result(ap, names, released=True)
     out: dict[str, float] = {"mAP": res.map, "n_excluded": res.n_excluded, "mAP_released": rel.map}
     out.update(threshold_metrics(s, y, threshold=threshold))
+    if isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k > s.shape[1] >= 1:
+        # fewer classes than k: every image would "predict" all C classes; the top-k keys are NaN, not an error
+        warnings.warn(f"top-{k} metrics skipped (NaN): only {s.shape[1]} class(es)", stacklevel=2)
+        out.update({f"{key}_top{k}": math.nan for key in ("CP", "CR", "CF1", "OP", "OR", "OF1")})
+        return out
     for key, val in topk_metrics(s, y, k=k).items():
         out[f"{key}_top{k}"] = val
     return out

@@ -20,7 +20,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .cache import atomic_write_bytes, atomic_write_text, default_cache_dir
+from .cache import (atomic_write_bytes, atomic_write_text, changed_files, default_cache_dir, file_fingerprints,
+                    stable_hash)
 from .config import DataConfig, RunConfig, config_to_dict
 from .datasets import MultiLabelDataset
 from .metrics import evaluate, mean_average_precision, released_code_map
@@ -35,7 +36,8 @@ from .views import View, global_views, grid_views, image_size
 __all__ = [
     "Context", "make_context", "load_data", "global_probabilities", "grid_probabilities", "view_probabilities",
     "pseudo_label_quality", "select_checkpoints", "RunResult", "run_teacher_global", "run_cdul", "run_ccd",
-    "run_supervised", "run", "RUNNERS",
+    "run_supervised", "run", "RUNNERS", "input_fingerprint", "check_inputs_unchanged", "check_writable",
+    "check_splits", "TrainingState", "discard_training_state",
 ]
 
 
@@ -82,6 +84,10 @@ class Context:
     classifier: torch.Tensor          # (C, D)
     cache_dir: Path
     sizes: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    inputs: dict[str, dict[str, str]] = field(default_factory=dict)   # input_fingerprint(train, test)
+    file_stats: dict[str, list] = field(default_factory=dict)          # split -> file_fingerprints of its images
+    state_dir: Path | None = None     # where TrainingLog keeps the resumable training state (run() sets it)
+    write_state: bool = False         # this process writes it (rank 0 of a saving run)
 
     def split(self, name: str) -> MultiLabelDataset:
         return {"train": self.train, "test": self.test}[name]
@@ -92,8 +98,9 @@ class Context:
         return self.sizes[split]
 
 
-def make_context(cfg: RunConfig) -> Context:
-    """Load the data and the teacher for ``cfg`` (validates everything cheap first)."""
+def make_context(cfg: RunConfig, *, data: tuple[MultiLabelDataset, MultiLabelDataset] | None = None) -> Context:
+    """Load the data and the teacher for ``cfg`` (validates everything cheap first). ``data``: the splits, when the
+    caller has loaded them already (:func:`run` does, to decide whether finished results are still valid)."""
     from .errors import ConfigError
     from .teachers import resolve_device
     for key, dev in (("teacher.device", cfg.teacher.device), ("student.device", cfg.student.device)):
@@ -101,11 +108,99 @@ def make_context(cfg: RunConfig) -> Context:
             resolve_device(dev)
         except ConfigError as e:
             raise ConfigError(f"{key}: {e}") from None
+    if cfg.teacher.backend == "open_clip":      # an unknown architecture: before the data is built or read
+        import open_clip
+        if cfg.teacher.arch not in open_clip.list_models():
+            raise ConfigError(f"teacher.arch: unknown open_clip architecture {cfg.teacher.arch!r}; "
+                              f"see open_clip.list_models()")
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    train, test = load_data(cfg.data, cache_dir=cache_dir, seed=cfg.seed)
+    train, test = data if data is not None else load_data(cfg.data, cache_dir=cache_dir, seed=cfg.seed)
+    check_splits(train, test)
+    inputs = input_fingerprint(train, test)
+    stats = {"train": file_fingerprints(train.image_paths), "test": file_fingerprints(test.image_paths)}
     teacher = get_teacher(cfg.teacher)
     classifier = teacher.text_classifier(train.prompt_names, cfg.teacher.templates)
-    return Context(cfg=cfg, train=train, test=test, teacher=teacher, classifier=classifier, cache_dir=cache_dir)
+    return Context(cfg=cfg, train=train, test=test, teacher=teacher, classifier=classifier, cache_dir=cache_dir,
+                   inputs=inputs, file_stats=stats)
+
+
+# --------------------------------------------------------------------------------------------- input checks
+def check_splits(train: MultiLabelDataset, test: MultiLabelDataset) -> None:
+    """What a run needs of its splits, checked before any work (issue 11): at least 2 classes (a softmax over one
+    class is always 1); a test split without any labelled object is allowed (an annotation-free method trains
+    and labels without it) but its metrics are NaN and the ``gt_best`` rule is skipped, which is warned."""
+    import warnings
+    from .errors import DatasetError
+    if train.num_classes < 2:
+        raise DatasetError(f"{train.name} has {train.num_classes} class ({', '.join(train.class_ids)}): a run needs "
+                           f"at least 2 classes (the teacher's softmax over one class is always 1)")
+    if not np.asarray(test.labels).any():
+        warnings.warn(f"test split {test.name} has no labelled object: the run trains, labels and saves, but its "
+                      f"test metrics are NaN and the gt_best checkpoint rule (best test mAP) is skipped", stacklevel=3)
+
+
+def input_fingerprint(train: MultiLabelDataset, test: MultiLabelDataset) -> dict[str, dict[str, str]]:
+    """What a run's results depend on in its data, per split: ``ids`` (the split file), ``classes`` (class ids and
+    prompt names: the class list), ``labels`` (labels, difficult flags, boxes: the annotations) and ``images``
+    (each image's size and mtime, :func:`~ccdlib.cache.file_fingerprints`). Hashes (16 hex digits)."""
+    out = {}
+    for split, ds in (("train", train), ("test", test)):
+        boxes = None if ds.boxes is None else [np.asarray(b) for b in ds.boxes]
+        out[split] = {
+            "ids": stable_hash(list(ds.image_ids), 16),
+            "classes": stable_hash([list(ds.class_ids), list(ds.prompt_names)], 16),
+            "labels": stable_hash([np.asarray(ds.labels), ds.difficult, boxes], 16),
+            "images": stable_hash([[i, fp] for i, fp in zip(ds.image_ids, file_fingerprints(ds.image_paths))], 16),
+        }
+    return out
+
+
+def _changed_inputs(old: dict | None, new: dict) -> list[str]:
+    """``["test labels", "train images", ...]``: the parts of two :func:`input_fingerprint` that differ."""
+    if not old:
+        return ["not recorded"]
+    return [f"{split} {part}" for split in new for part in new[split]
+            if (old.get(split) or {}).get(part) != new[split][part]]
+
+
+def _data_folder(ctx: Context) -> str:
+    import os
+    if ctx.cfg.data.root:
+        return str(ctx.cfg.data.root)
+    return os.path.commonpath([str(Path(p).parent) for p in [*ctx.train.image_paths, *ctx.test.image_paths]])
+
+
+def check_inputs_unchanged(ctx: Context) -> None:
+    """Stop with a :class:`DatasetError` naming the data folder if any image of the run's splits was replaced,
+    rewritten or removed since :func:`make_context` (issue 11: another build into the same folder while a run
+    trains would otherwise score new images against old labels)."""
+    from .errors import DatasetError
+    for split in ("train", "test"):
+        if split not in ctx.file_stats:
+            continue
+        changed = changed_files(ctx.split(split).image_paths, ctx.file_stats[split])
+        if changed:
+            raise DatasetError(f"the data under {_data_folder(ctx)} changed during the run ({len(changed)} {split} "
+                               f"image(s) replaced or removed, e.g. {changed[0]}): nothing of this run is saved "
+                               f"from here on; rerun when the folder is stable")
+
+
+def check_writable(folder: str | Path) -> None:
+    """An :class:`OutputError` ``cannot write results to <folder>: ...`` unless files can be created in
+    ``folder`` (or, when it does not exist yet, in its nearest existing parent). Creates nothing that stays."""
+    import tempfile
+    from .errors import OutputError
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"cannot write results to {folder}: {probe} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise OutputError(f"cannot write results to {folder}: {e.strerror or e}") from None
 
 
 # --------------------------------------------------------------------------------------------- teacher views
@@ -138,18 +233,114 @@ def pseudo_label_quality(labels: np.ndarray, ds: MultiLabelDataset) -> dict[str,
 def select_checkpoints(train_map: list[float], test_map: list[float]) -> dict[str, int]:
     """SPEC §7. ``last``: the last epoch. ``gt_free``: the first epoch ``e >= 2`` whose second difference of
     train mAP against the pseudo-labels, ``m[e] - 2 m[e-1] + m[e-2]``, is positive (else the last epoch).
-    ``gt_best``: the epoch of best *test* mAP -- uses ground truth; never report it as unsupervised."""
+    ``gt_best``: the epoch of best *test* mAP -- uses ground truth; never report it as unsupervised. Absent when
+    every test mAP is NaN (a test split without any labelled object)."""
     last = len(train_map) - 1
     gt_free = last
     for e in range(2, len(train_map)):
         if train_map[e] - 2 * train_map[e - 1] + train_map[e - 2] > 0:
             gt_free = e
             break
-    return {"last": last, "gt_free": gt_free, "gt_best": int(np.nanargmax(test_map))}
+    rules = {"last": last, "gt_free": gt_free}
+    if not np.all(np.isnan(np.asarray(test_map, dtype=np.float64))):   # a test split without labels: no gt_best
+        rules["gt_best"] = int(np.nanargmax(test_map))
+    return rules
+
+
+class TrainingState:
+    """The resumable training state of one run (issue 11), in ``ctx.state_dir`` (``out_dir/<run>/training/``).
+
+    After every epoch ``e``: ``epoch_<e>.pt`` holds that epoch's model (the head in frozen mode), the pseudo-labels
+    it trained on, its history row and test scores; then ``state.pt`` (written last: it marks epoch ``e`` done)
+    holds the trainer's :meth:`~ccdlib.trainer.StudentTrainer.training_state` (model, optimiser, epoch, alpha), the
+    number of finished epochs and the run's :func:`input_fingerprint`. No RNG state: every random draw of an epoch
+    is derived from ``(seed, epoch)``. A rerun replays the finished epochs (restoring each epoch's model, so that
+    what a runner computes between epochs -- CDUL's gradient alignment, CCD's label update -- is recomputed
+    exactly; the teacher's crops come from the cache) and trains from the first unfinished one. A saved epoch
+    whose pseudo-labels differ from the rerun's, or other inputs, is discarded (and said so)."""
+
+    def __init__(self, ctx: Context):
+        self.dir = ctx.state_dir
+        self.write = ctx.write_state and self.dir is not None
+        self.inputs = ctx.inputs
+        self.done = 0                       # epochs that can be replayed
+        self.state: dict | None = None
+        if self.dir is None or not (self.dir / "state.pt").exists():
+            return
+        try:
+            state = torch.load(self.dir / "state.pt", map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 -- an unreadable state is discarded, never trusted
+            print(f"training state in {self.dir} is unreadable ({type(e).__name__}): training from epoch 1")
+            return
+        if state.get("inputs") != self.inputs:
+            print(f"training state in {self.dir} was made on other data: training from epoch 1")
+            return
+        self.state, self.done = state, int(state["epochs_done"])
+
+    def _path(self, epoch: int) -> Path:
+        return self.dir / f"epoch_{epoch:03d}.pt"
+
+    def replay(self, epoch: int, targets: np.ndarray, trainer: StudentTrainer) -> dict | None:
+        """The saved ``{"row", "test_scores", "model"}`` of ``epoch`` with the trainer restored to its end, or
+        ``None`` (train it) when it was not finished or trained on other pseudo-labels."""
+        if epoch >= self.done:
+            return None
+        try:
+            saved = torch.load(self._path(epoch), map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001
+            saved = None
+        if saved is None or not np.array_equal(saved["targets"], np.asarray(targets, dtype=np.float32)):
+            print(f"training state in {self.dir}: epoch {epoch + 1} was trained on other pseudo-labels: "
+                  f"training from epoch {epoch + 1}")
+            self.done = epoch
+            return None
+        if epoch == self.done - 1:
+            trainer.load_training_state(self.state)      # model, optimiser, epoch, alpha
+        else:
+            trainer.load_state_dict(saved["model"])
+            trainer.epoch = epoch + 1
+            trainer.alpha = saved["row"]["alpha"]
+        return saved
+
+    def save(self, epoch: int, targets: np.ndarray, row: dict, test_scores: np.ndarray,
+             trainer: StudentTrainer, *, labels_after: np.ndarray | None = None) -> None:
+        if not self.write:
+            return
+        import io
+        from .errors import OutputError
+
+        def write(path: Path, obj: dict) -> None:
+            buf = io.BytesIO()
+            torch.save(obj, buf)
+            atomic_write_bytes(path, buf.getvalue())
+        try:
+            write(self._path(epoch), {"model": trainer.state_dict(), "targets": np.asarray(targets, dtype=np.float32),
+                                      "row": row, "test_scores": test_scores,
+                                      "labels_after": None if labels_after is None else np.array(labels_after)})
+            write(self.dir / "state.pt", {**trainer.training_state(), "epochs_done": epoch + 1,
+                                          "inputs": self.inputs})
+        except OSError as e:
+            raise OutputError(f"cannot write results to {self.dir}: {e.strerror or e} (the training state of "
+                              f"epoch {epoch + 1})") from None
+        self.done = max(self.done, epoch + 1)
+
+
+def discard_training_state(state_dir: Path | None) -> None:
+    """Remove the files :class:`TrainingState` writes (and the folder, if that leaves it empty); nothing else."""
+    if state_dir is None or not state_dir.is_dir():
+        return
+    for p in [*state_dir.glob("epoch_[0-9][0-9][0-9].pt"), state_dir / "state.pt"]:
+        p.unlink(missing_ok=True)
+    try:
+        state_dir.rmdir()
+    except OSError:
+        pass
 
 
 class TrainingLog:
-    """Runs the per-epoch bookkeeping: train mAP against the current pseudo-labels, test metrics, checkpoints."""
+    """Runs the per-epoch bookkeeping: train mAP against the current pseudo-labels, test metrics, checkpoints;
+    saves the resumable training state after each epoch and replays finished epochs (:class:`TrainingState`);
+    prints one line per epoch (loss, train mAP against the pseudo-labels, test mAP)."""
 
     def __init__(self, ctx: Context, trainer: StudentTrainer):
         self.ctx, self.trainer = ctx, trainer
@@ -157,9 +348,37 @@ class TrainingLog:
         self.test_scores: list[np.ndarray] = []
         self.states: list[dict] = []
         self.t0 = time.perf_counter()
+        self.resume = TrainingState(ctx)
+
+    def _print(self, row: dict, note: str = "") -> None:
+        from .distributed import rank_and_world
+        if rank_and_world()[0] == 0:
+            print(f"epoch {row['epoch'] + 1}/{self.ctx.cfg.epochs}  loss {row.get('loss', float('nan')):.4f}  "
+                  f"train mAP {row['train_mAP_vs_pseudo']:.2f} (vs pseudo-labels)  test mAP {row['test_mAP']:.2f}"
+                  f"{note}", flush=True)
 
     def epoch(self, targets: np.ndarray, *, alpha: float, consistency: bool, loss: str = "bce",
-              on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None) -> dict:
+              on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+              live_labels: np.ndarray | None = None) -> dict:
+        """Train (or, after an interruption, replay) one epoch. ``on_batch(idx, logits)`` runs after every optimiser
+        step (CDUL's alignment); ``live_labels`` is the array it writes: saved with the epoch and restored on replay."""
+        saved = self.resume.replay(len(self.history), targets, self.trainer)
+        if saved is not None:                   # finished before an interruption: restored, not retrained
+            if live_labels is not None and saved.get("labels_after") is not None:
+                np.copyto(live_labels, saved["labels_after"])
+            self.history.append(saved["row"])
+            self.test_scores.append(saved["test_scores"])
+            self.states.append(saved["model"])
+            self._print(saved["row"], f"  (resumed from {self.resume.dir})")
+            return saved["row"]
+        row = self._epoch(targets, alpha=alpha, consistency=consistency, loss=loss, on_batch=on_batch)
+        check_inputs_unchanged(self.ctx)        # the data folder replaced while this epoch ran: stop, save nothing
+        self._print(row)
+        self.resume.save(row["epoch"], targets, row, self.test_scores[-1], self.trainer, labels_after=live_labels)
+        return row
+
+    def _epoch(self, targets: np.ndarray, *, alpha: float, consistency: bool, loss: str = "bce",
+               on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None) -> dict:
         t = time.perf_counter()
         losses = self.trainer.fit_epoch(targets, alpha=alpha, consistency=consistency, loss=loss, on_batch=on_batch)
         train_logits = self.trainer.predict_logits()
@@ -310,7 +529,8 @@ def run_cdul(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
         on = c.gradient_alignment and cdul_alignment_schedule(epoch, warmup=c.ga_warmup, every=c.ga_every)
         timer("student_training", lambda: log.epoch(y, alpha=alpha_for(epoch, cfg.student.coeff, cfg.student.alpha_schedule),
                                                     consistency=False, loss=c.student_loss,
-                                                    on_batch=align if on else None))
+                                                    on_batch=align if on else None,
+                                                    live_labels=labels if on else None))
         if on:
             aligned_epochs.append(epoch)
             y = labels.copy()
@@ -439,13 +659,56 @@ def load_result(path: str | Path) -> dict:
 
 
 def run(cfg: RunConfig, *, ctx: Context | None = None, force: bool = False, save: bool = True) -> dict:
-    """Run ``cfg.method`` end to end and write its results; an existing ``result.json`` is reused unless ``force``."""
+    """Run ``cfg.method`` end to end and write its results under ``out_dir/<run name>/``.
+
+    Before any work: ``out_dir`` must be writable (:func:`check_writable`). A finished run (``result.json``) is
+    reused, printing ``reusing results of <run>``, only when its recorded :func:`input_fingerprint` equals the data's
+    now (split files, class list, annotations, image files); else it is recomputed, saying which inputs changed.
+    ``force`` recomputes (and drops any saved training state). Training resumes from the state an interrupted run
+    saved (:class:`TrainingState`); the data changing during the run stops it (:func:`check_inputs_unchanged`);
+    a failed write is an :class:`~ccdlib.errors.OutputError` ``cannot write results to ...``."""
+    from .distributed import rank_and_world
+    from .errors import OutputError
     out = Path(cfg.out_dir) / cfg.name
-    if save and not force and (out / "result.json").exists():
-        return load_result(out)
+    if save:
+        check_writable(cfg.out_dir)
     if ctx is not None and ctx.cfg != cfg:   # a shared context (same data and teacher), this run's config
         ctx = replace(ctx, cfg=cfg)
+    data = None
+    if save and not force and (out / "result.json").exists():
+        if ctx is None:
+            cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+            data = load_data(cfg.data, cache_dir=cache_dir, seed=cfg.seed)
+            check_splits(*data)
+            inputs = input_fingerprint(*data)
+        else:
+            inputs = ctx.inputs or input_fingerprint(ctx.train, ctx.test)
+        old = load_result(out)
+        changed = _changed_inputs((old.get("info") or {}).get("inputs"), inputs)
+        if not changed:
+            print(f"reusing results of {cfg.name}")
+            return old
+        print(f"recomputing {cfg.name}: its inputs changed since it was saved ({', '.join(changed)})")
+    ctx = ctx if ctx is not None else make_context(cfg, data=data)
+    if not ctx.inputs:                       # a Context built by hand
+        ctx = replace(ctx, inputs=input_fingerprint(ctx.train, ctx.test),
+                      file_stats={k: file_fingerprints(ctx.split(k).image_paths) for k in ("train", "test")})
+    rank, world = rank_and_world()
+    state_dir = out / "training" if (save or world > 1) else None
+    if force and save and rank == 0:
+        discard_training_state(state_dir)
+    if force and world > 1:
+        torch.distributed.barrier()
+    ctx = replace(ctx, state_dir=state_dir, write_state=save and rank == 0)
     result = RUNNERS[cfg.method](cfg, ctx)
+    check_inputs_unchanged(ctx)
+    result.info["inputs"] = ctx.inputs
     if save:
-        save_result(result, cfg.out_dir)
+        try:
+            save_result(result, cfg.out_dir)
+        except OSError as e:
+            kept = f"; the training state is kept in {state_dir}: rerun to save without training again" \
+                if state_dir is not None and (state_dir / "state.pt").exists() else ""
+            raise OutputError(f"cannot write results to {out}: {e.strerror or e}{kept}") from None
+        discard_training_state(state_dir)
     return _jsonify(result.to_json())

@@ -469,6 +469,31 @@ class StudentTrainer:
         module = self.student.head if self.config.mode == "frozen" else self.student
         return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load what :meth:`state_dict` returned (the head in frozen mode, the whole model in finetune)."""
+        module = self.student.head if self.config.mode == "frozen" else self.student
+        module.load_state_dict(state)
+
+    def training_state(self) -> dict:
+        """Everything the next :meth:`fit_epoch` depends on, as CPU copies: ``{"model", "optimizer", "epoch",
+        "alpha"}``. No RNG state: every random draw of an epoch is derived from ``(config.seed, epoch)``."""
+        import copy
+        opt = copy.deepcopy(self.optimizer.state_dict())
+        for st in opt["state"].values():
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    st[k] = v.detach().cpu()
+        alpha = self.alpha if np.ndim(self.alpha) == 0 else np.asarray(self.alpha).tolist()
+        return {"model": self.state_dict(), "optimizer": opt, "epoch": int(self.epoch), "alpha": alpha}
+
+    def load_training_state(self, state: dict) -> None:
+        """Restore a :meth:`training_state`: the next :meth:`fit_epoch` continues as if never interrupted."""
+        self.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        a = state["alpha"]
+        self.alpha = float(a) if np.ndim(a) == 0 else np.asarray(a, dtype=np.float32)
+
     def save(self, path: str | Path, *, extra: dict | None = None) -> tuple[Path, Path]:
         """Write ``<path>.pt`` (state dict only) and ``<path>.json`` (config, class count, trunk); returns both paths."""
         return write_checkpoint(path, state=self.state_dict(), config=self.config, num_classes=self.num_classes,
