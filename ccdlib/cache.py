@@ -253,7 +253,7 @@ class ArrayCache:
         if p is not None:
             try:
                 save_array(p, array)
-            except PermissionError as e:
+            except OSError as e:   # read-only, not a folder, disk full: name the folder, no traceback
                 from .errors import ConfigError
-                raise ConfigError(f"cache folder {self.root} is not writable ({e.strerror}); point cache_dir "
+                raise ConfigError(f"cache folder {self.root} is not writable ({e.strerror or e}); point cache_dir "
                                   f"(or $CCDLIB_CACHE) at a folder you can write, or disable the cache") from None

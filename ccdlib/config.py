@@ -45,6 +45,7 @@ class DataConfig:
     stamps: str = "disjoint"        # mosaic only: "disjoint" (test objects unseen in training) | "shared" (same
                                     # object photos, new scenes); see ccdlib.mosaic
     max_train: int = 0              # 0 = all; else a seeded subsample (quick runs)
+    rebuild: bool = False           # mosaic only: replace a set in root built with other parameters
     max_test: int = 0
 
     def __post_init__(self) -> None:

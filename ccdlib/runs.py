@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .cache import atomic_write_bytes, atomic_write_text, default_cache_dir
+from .cache import cache_location, check_writable_dir
 from .config import DataConfig, RunConfig, config_to_dict
 from .datasets import MultiLabelDataset
 from .metrics import evaluate, mean_average_precision
@@ -45,6 +46,7 @@ def load_data(cfg: DataConfig, *, cache_dir: str | Path | None = None, seed: int
     if cfg.kind == "mosaic":
         from .mosaic import embedded_dataset
         kw = dict(root=cfg.root, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.mosaic_seed)
+        kw.update(cache_dir=cache_dir, rebuild=cfg.rebuild)   # one cache for everything (issue 11 items 7, 9)
         train, test = embedded_dataset("train", **kw), embedded_dataset("test", **kw)
     else:
         from .readers import load_dataset
@@ -101,8 +103,10 @@ def make_context(cfg: RunConfig) -> Context:
         except ConfigError as e:
             raise ConfigError(f"{key}: {e}") from None
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    check_writable_dir(cache_dir, "cache folder (cache_dir, or $CCDLIB_CACHE)")   # before any work
     train, test = load_data(cfg.data, cache_dir=cache_dir, seed=cfg.seed)
-    teacher = get_teacher(cfg.teacher)
+    with cache_location(cache_dir):   # the ConSE text cache goes there too
+        teacher = get_teacher(cfg.teacher)
     classifier = teacher.text_classifier(train.prompt_names, cfg.teacher.templates)
     return Context(cfg=cfg, train=train, test=test, teacher=teacher, classifier=classifier, cache_dir=cache_dir)
 
