@@ -254,6 +254,10 @@ class ArrayCache:
             try:
                 save_array(p, array)
             except OSError as e:   # read-only, not a folder, disk full: name the folder, no traceback
+                import errno
+                if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENOSPC,
+                                   errno.EDQUOT):
+                    raise
                 from .errors import ConfigError
                 raise ConfigError(f"cache folder {self.root} is not writable ({e.strerror or e}); point cache_dir "
                                   f"(or $CCDLIB_CACHE) at a folder you can write, or disable the cache") from None
