@@ -62,8 +62,8 @@ screenshot: ## render reports/index.html in headless Chromium to reports/screens
 lab: setup ## open JupyterLab on the notebooks
 	$(BIN)/jupyter lab --notebook-dir=notebooks
 
-lock: $(STAMP) ## regenerate requirements.lock from pyproject.toml, keeping the installed versions
-	$(BIN)/python scripts/lock.py --keep-installed
+lock: ## re-resolve pyproject.toml into requirements.lock (to keep .venv's versions: scripts/lock.py --keep-installed)
+	$(PYTHON) scripts/lock.py
 
 clean: ## remove executed notebooks and scratch outputs (keeps caches and .venv)
 	rm -rf reports/notebooks notebooks/_scratch .pytest_cache
