@@ -73,6 +73,19 @@ def test_mosaic_set_with_other_parameters_is_refused_naming_them(source, tmp_pat
     assert json.loads((root / "mosaic.json").read_text())["params"]["seed"] == 1
 
 
+def test_run_config_data_rebuild_reaches_the_builder(source, tmp_path):
+    from ccdlib.config import DataConfig, RunConfig
+    from ccdlib.runs import load_data
+    root = str(tmp_path / "set")
+    train, _ = load_data(DataConfig(root=root, n_train=2, n_test=1), cache_dir=default_cache_dir())
+    assert len(train) == 2
+    with pytest.raises(DatasetError, match=r"mosaic_seed|seed 0 -> 1"):
+        load_data(DataConfig(root=root, n_train=2, n_test=1, mosaic_seed=1), cache_dir=default_cache_dir())
+    load_data(DataConfig(root=root, n_train=2, n_test=1, mosaic_seed=1, rebuild=True), cache_dir=default_cache_dir())
+    assert json.loads((tmp_path / "set" / "mosaic.json").read_text())["params"]["seed"] == 1
+    assert RunConfig().name == RunConfig(data=DataConfig(rebuild=True)).name   # not part of what the run is
+
+
 def test_rebuild_never_deletes_files_the_builder_did_not_write(source, tmp_path):
     root = mosaic.build_mosaics(tmp_path / "set", seed=0, source=source, **TINY)
     (root / "my_notes.txt").write_text("keep me")
