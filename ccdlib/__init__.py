@@ -28,6 +28,6 @@ from .student import CAMStudent, StudentConfig, build_student, cam_to_logits, lo
 from .trainer import StudentTrainer
 from .teachers import (ConSETeacher, OpenCLIPTeacher, Teacher, TeacherConfig, build_teacher, fit_logit_scale,
                        teacher_probabilities)
-from .views import View, expand_box, global_views, grid_boxes, grid_views
+from .views import View, expand_box, global_views, grid_boxes, grid_views, to_rgb
 
 __all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations",)]

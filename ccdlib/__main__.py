@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import CCDError
+from .errors import CCDError, ConfigError
 
 
 def _data(argv: list[str]) -> int:
@@ -17,8 +17,13 @@ def _data(argv: list[str]) -> int:
         from .mosaic import cli_main
         return cli_main(argv[1:])
     if argv[0] == "fetch":
+        ap = argparse.ArgumentParser(prog="python -m ccdlib data fetch",
+                                     description="Find or fetch the tuxpaint photo packages into the ccdlib cache.")
+        ap.add_argument("--cache-dir", default=None,
+                        help="the ccdlib cache (default $CCDLIB_CACHE or ~/.cache/ccdlib); must be writable to fetch")
+        args = ap.parse_args(argv[1:])
         from .mosaic import find_tuxpaint
-        print(find_tuxpaint())
+        print(find_tuxpaint(args.cache_dir))
         return 0
     print(f"unknown data command {argv[0]!r}; try: mosaic, fetch", file=sys.stderr)
     return 2
@@ -59,7 +64,13 @@ def _predict(argv: list[str]) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
-    from .predict import predict_images
+    from .predict import check_output_path, predict_images
+    if args.batch_size < 1:   # validated before any checkpoint is read or image scored
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(f"--threshold must be in [0, 1] (a sigmoid score), got {args.threshold}")
+    if args.out != "-":
+        check_output_path(args.out)
     df = predict_images(args.checkpoint, args.inputs, threshold=args.threshold, batch_size=args.batch_size,
                         device=args.device)
     if args.out == "-":

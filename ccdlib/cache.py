@@ -6,13 +6,14 @@ killed part way never leaves a file that a later run trusts.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -28,13 +29,116 @@ __all__ = [
     "save_array",
     "load_array",
     "ArrayCache",
+    "process_umask",
+    "make_temp_dir",
+    "clean_stale_temp_dirs",
+    "check_writable_dir",
+    "cache_location",
 ]
 
 
+_CACHE_OVERRIDE: list[Path] = []   # innermost :func:`cache_location` first
+
+
 def default_cache_dir() -> Path:
-    """``$CCDLIB_CACHE`` if set, else ``~/.cache/ccdlib``."""
+    """The folder set by the innermost :func:`cache_location` (a run's ``cache_dir``); else ``$CCDLIB_CACHE`` if
+    set, else ``~/.cache/ccdlib``."""
+    if _CACHE_OVERRIDE:
+        return _CACHE_OVERRIDE[0]
     env = os.environ.get("CCDLIB_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "ccdlib"
+
+
+@contextlib.contextmanager
+def cache_location(path: str | os.PathLike | None) -> Iterator[None]:
+    """``with cache_location(cfg.cache_dir):`` every :func:`default_cache_dir` inside the block (the ConSE text
+    cache, mosaic builds, fetched packages) is ``path``; ``None`` changes nothing. One cache for a whole run."""
+    if path is None:
+        yield
+        return
+    _CACHE_OVERRIDE.insert(0, Path(path))
+    try:
+        yield
+    finally:
+        _CACHE_OVERRIDE.pop(0)
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "cache folder") -> Path:
+    """Create ``path`` if needed and prove it writable (a probe file is made and removed); return it.
+
+    Raises:
+        ConfigError: it cannot be created or written; the message names ``what`` and the folder.
+    """
+    from .errors import ConfigError
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{what} {p} is not writable ({e.strerror or e}); point it at a folder you can "
+                          f"write (cache_dir in the run config, or $CCDLIB_CACHE)") from None
+    return p
+
+
+def process_umask() -> int:
+    """The process's file-creation mask (read without changing it where /proc allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """A new folder ``<parent>/<prefix><pid>-<random>`` with the mode of a plain ``mkdir`` (0777 less the umask,
+    not mkdtemp's 0700), so a shared data set or cache stays readable by whom the umask allows. The pid in the
+    name lets :func:`clean_stale_temp_dirs` tell a dead writer's leftovers from a live one's."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+    os.chmod(tmp, 0o777 & ~process_umask())
+    return tmp
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clean_stale_temp_dirs(parent: str | os.PathLike, prefix: str, *, max_age_s: float = 24 * 3600) -> list[Path]:
+    """Remove the ``<parent>/<prefix>*`` folders a killed writer left; return them.
+
+    A folder named by :func:`make_temp_dir` is stale when its pid is not a live process; one without a pid in
+    its name (older versions) when it is older than ``max_age_s``. A live writer's folder is left alone."""
+    import glob
+    import re
+    import shutil
+    import time
+    removed: list[Path] = []
+    parent = Path(parent)
+    if not parent.is_dir():
+        return removed
+    for d in parent.glob(f"{glob.escape(prefix)}*"):
+        if not d.is_dir() or d.is_symlink():
+            continue
+        m = re.match(r"(\d+)-", d.name[len(prefix):])
+        try:
+            stale = (not _pid_alive(int(m.group(1)))) if m else (time.time() - d.stat().st_mtime > max_age_s)
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
 
 
 def _jsonable(obj: Any) -> Any:
@@ -110,6 +214,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~process_umask())   # mkstemp makes 0600: give the file a plain open()'s mode
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -163,6 +268,16 @@ class ArrayCache:
         return arr
 
     def put(self, key: Any, array: np.ndarray) -> None:
+        """Store ``array``; a cache folder that cannot be written is a :class:`~ccdlib.errors.ConfigError` naming it."""
         p = self.path(key)
         if p is not None:
-            save_array(p, array)
+            try:
+                save_array(p, array)
+            except OSError as e:   # read-only, not a folder, disk full: name the folder, no traceback
+                import errno
+                if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENOSPC,
+                                   errno.EDQUOT):
+                    raise
+                from .errors import ConfigError
+                raise ConfigError(f"cache folder {self.root} is not writable ({e.strerror or e}); point cache_dir "
+                                  f"(or $CCDLIB_CACHE) at a folder you can write, or disable the cache") from None

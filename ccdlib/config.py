@@ -46,6 +46,7 @@ class DataConfig:
                                     # object photos, new scenes); see ccdlib.mosaic
     max_train: int = 0              # 0 = all; else a seeded subsample (quick runs)
     max_test: int = 0
+    rebuild: bool = False           # mosaic only: replace a set in root built with other parameters
 
     def __post_init__(self) -> None:
         kinds = ("mosaic", "voc", "voc2007", "voc2012", "coco", "coco2014", "nuswide")
@@ -226,6 +227,7 @@ class RunConfig:
         d = config_to_dict(self)
         for k in ("out_dir", "cache_dir", "teacher_batch_size"):  # where results go and how fast: not what they are
             d.pop(k)
+        d["data"].pop("rebuild", None)   # whether an old mosaic set may be replaced: not what the run is
         parts = [self.method, self.data.kind, self.teacher.arch, self.student.trunk, self.student.mode,
                  f"s{self.seed}", stable_hash(d, 8)]
         if self.tag:

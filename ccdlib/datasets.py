@@ -6,15 +6,16 @@ spell them, e.g. ``diningtable``) and *prompt names* (what the teacher reads, e.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import DatasetError
 
-__all__ = ["ClassList", "MultiLabelDataset", "load_class_list"]
+__all__ = ["ClassList", "MultiLabelDataset", "load_class_list", "read_text_file"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,13 @@ class ClassList:
         missing = [cid for cid, pn in zip(self.ids, self.prompt_names) if not str(pn).strip()]
         if missing:
             raise DatasetError(f"prompt name missing for class(es): {missing}")
+        shared: dict[str, list[str]] = {}
+        for cid, pn in zip(self.ids, self.prompt_names):
+            shared.setdefault(" ".join(str(pn).lower().split()), []).append(cid)
+        shared = {pn: cids for pn, cids in shared.items() if len(cids) > 1}
+        if shared:   # the teacher cannot tell them apart: their text embeddings are identical
+            warnings.warn("classes share a prompt name, so the teacher scores them identically: "
+                          + "; ".join(f"{cids} -> {pn!r}" for pn, cids in shared.items()), UserWarning, stacklevel=3)
 
     @classmethod
     def from_mapping(cls, mapping: dict[str, str] | Sequence[str]) -> "ClassList":
@@ -56,35 +64,133 @@ class ClassList:
                 f"unknown class {class_id!r}; the class list has {list(self.ids)}") from None
 
 
+def read_text_file(path: str | Path, what: str = "file") -> str:
+    """The text of a user's list or annotation file, decoded as a person would expect: UTF-8 (a UTF-8 or UTF-16
+    byte-order mark is honoured and dropped). Any other bytes are a :class:`DatasetError` naming the file, the
+    line and the byte, rather than ids with replacement characters that match nothing."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise DatasetError(f"cannot read {what} {path}: {e}") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise DatasetError(f"{what} {path} starts with a UTF-16 byte-order mark but is not UTF-16: {e}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        start = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
+        line = raw[:start + e.start].count(b"\n") + 1
+        raise DatasetError(f"{what} {path} line {line}: byte 0x{raw[start + e.start]:02x} is not UTF-8 text; "
+                           f"save the file as UTF-8") from None
+
+
+def _yaml_without_duplicate_keys(text: str, path: Path) -> tuple[Any, dict]:
+    """``(yaml.safe_load(text), {key: line})`` where a mapping key given twice is a :class:`DatasetError` naming
+    the file and line (PyYAML keeps the last one silently). Keys keep their YAML types (a caller checks they are
+    strings)."""
+    key_lines: dict = {}
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                raise DatasetError(f"class list file {path} line {key_node.start_mark.line + 1}: a key that is a "
+                                   f"list or mapping") from None
+            if key in seen:
+                raise DatasetError(f"class list file {path} line {key_node.start_mark.line + 1}: {key!r} is given "
+                                   f"twice (first on line {seen[key]})")
+            seen[key] = key_node.start_mark.line + 1
+            key_lines.setdefault(key, seen[key])
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    try:
+        return yaml.load(text, Loader=Loader), key_lines  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        raise DatasetError(f"class list file {path} is not valid YAML/JSON: {e}") from None
+
+
+def _class_entries_from_yaml(data: Any, lines: dict, path: Path) -> list[tuple[Any, Any, int | None]]:
+    """``[(id, prompt name, line or None), ...]`` from a parsed YAML/JSON class list (``lines``: key -> line)."""
+    if isinstance(data, dict) and "classes" in data:
+        data = data["classes"]
+    if isinstance(data, dict):
+        return [(k, v, lines.get(k)) for k, v in data.items()]
+    if isinstance(data, list):
+        out = []
+        for k, d in enumerate(data):
+            if isinstance(d, dict):
+                if "id" not in d:
+                    raise DatasetError(f"class list file {path}: entry #{k + 1} has no 'id' key")
+                cid = d["id"]
+                out.append((cid, d.get("prompt_name", cid.replace("_", " ") if isinstance(cid, str) else cid), None))
+            else:
+                out.append((d, d.replace("_", " ") if isinstance(d, str) else d, None))
+        return out
+    raise DatasetError(f"class list file {path} must hold a mapping id -> prompt name (or a list of ids); "
+                       f"it holds {type(data).__name__}")
+
+
 def load_class_list(path: str | Path) -> ClassList:
-    """Read a class list file: YAML/JSON ``{id: prompt name}`` mapping, or text lines ``id[<TAB or ,>prompt name]``."""
+    """Read a class list file: YAML/JSON ``{id: prompt name}`` mapping, or text lines ``id[<TAB or ,>prompt name]``.
+
+    Text is decoded by :func:`read_text_file` (UTF-8, a byte-order mark dropped). Refused with a
+    :class:`DatasetError` naming the file (and the line where it can): an empty list, a class id given twice, an
+    id or prompt name that is not a string (YAML reads ``yes``, ``no``, ``1`` or ``null`` as other types: quote
+    them), a malformed YAML/JSON file. Two classes sharing a prompt name are warned (:class:`ClassList`).
+    """
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"class list file not found: {path}")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml", ".json"):
-        import yaml
-        data = yaml.safe_load(text)
-        if isinstance(data, dict) and "classes" in data:
-            data = data["classes"]
-        if isinstance(data, list) and data and isinstance(data[0], dict):
-            data = {d["id"]: d.get("prompt_name", d["id"].replace("_", " ")) for d in data}
-        if not isinstance(data, (dict, list)):
-            raise DatasetError(f"class list file {path} must hold a mapping id -> prompt name")
-        return ClassList.from_mapping(data)
-    mapping: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        for sep in ("\t", ","):
-            if sep in line:
-                cid, pn = (s.strip() for s in line.split(sep, 1))
-                break
-        else:
-            cid, pn = line, line.replace("_", " ")
-        mapping[cid] = pn
-    return ClassList.from_mapping(mapping)
+    text = read_text_file(path, "class list file")
+    entries: list[tuple[Any, Any, int | None]] = []
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        data, lines = _yaml_without_duplicate_keys(text, path)
+        if data is None:
+            raise DatasetError(f"class list file {path} is empty")
+        entries = _class_entries_from_yaml(data, lines, path)
+    else:
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            for sep in ("\t", ","):
+                if sep in line:
+                    cid, pn = (s.strip() for s in line.split(sep, 1))
+                    break
+            else:
+                cid, pn = line, line.replace("_", " ")
+            entries.append((cid, pn, lineno))
+    if not entries:
+        raise DatasetError(f"class list file {path} lists no class")
+    seen: dict[str, str] = {}
+    for cid, pn, lineno in entries:
+        where = f"class list file {path}" + (f" line {lineno}" if lineno else "")
+        if not isinstance(cid, str) or not cid.strip():
+            raise DatasetError(f"{where}: class id {cid!r} is {type(cid).__name__}, not a non-empty string "
+                               f"(quote it)")
+        if pn is not None and not isinstance(pn, str):
+            raise DatasetError(f"{where}: prompt name {pn!r} of class {cid!r} is {type(pn).__name__}, not a string "
+                               f"(quote it)")
+        if cid in seen:
+            raise DatasetError(f"{where}: class id {cid!r} is given twice (first at {seen[cid]})")
+        seen[cid] = f"line {lineno}" if lineno else "an earlier entry"
+    try:
+        return ClassList(tuple(c for c, _, _ in entries), tuple("" if p is None else p for _, p, _ in entries))
+    except DatasetError as e:
+        raise DatasetError(f"class list file {path}: {e}") from None
 
 
 @dataclass

@@ -65,9 +65,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .cache import default_cache_dir
+from .cache import check_writable_dir, clean_stale_temp_dirs, default_cache_dir, make_temp_dir
 from .datasets import ClassList, MultiLabelDataset
-from .errors import DatasetError, DataSetupError
+from .errors import CCDError, DatasetError, DataSetupError
 from .readers import read_voc, register_reader
 
 __all__ = [
@@ -238,6 +238,11 @@ def find_tuxpaint(cache_dir: str | Path | None = None) -> Path:
             f"are neither in {SYSTEM_TUXPAINT} nor in {found}, and {' and '.join(missing)} "
             f"{'is' if len(missing) == 1 else 'are'} not available to fetch them. {_manual_hint(target)}.")
 
+    try:
+        check_writable_dir(cache, "cache folder")
+    except CCDError as e:   # read-only cache: say what to do instead of a traceback
+        raise DataSetupError(f"cannot fetch the photo packages: {e}. {_manual_hint(target)}.") from None
+    clean_stale_temp_dirs(cache, ".tuxpaint.tmp-")
     debs_dir = cache / "debs"
     debs_dir.mkdir(parents=True, exist_ok=True)
     debs = _find_debs(debs_dir)
@@ -267,7 +272,7 @@ def find_tuxpaint(cache_dir: str | Path | None = None) -> Path:
                 f"apt-get download succeeded but {debs_dir} lacks a .deb for one of "
                 f"{', '.join(TUXPAINT_PACKAGES)}. {_manual_hint(target)}.")
 
-    tmp = Path(tempfile.mkdtemp(prefix=".tuxpaint.tmp-", dir=cache))
+    tmp = make_temp_dir(cache, ".tuxpaint.tmp-")
     try:
         for deb in debs:
             proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], capture_output=True, text=True)
@@ -591,6 +596,44 @@ def _existing_params(out_dir: Path) -> dict | None:
         return None
 
 
+def _param_differences(old: dict, new: dict) -> str:
+    """``"seed 0 -> 1, n_train 16 -> 8"``: the build parameters that differ, old value first."""
+    out = []
+    for k in list(new) + sorted(set(old) - set(new)):
+        if old.get(k, "<absent>") != new.get(k, "<absent>"):
+            out.append(f"{k} {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}")
+    return ", ".join(out)
+
+
+def _builder_files(out_dir: Path) -> set[str]:
+    """The paths (relative, posix) of every file and folder a build wrote in ``out_dir``, from its
+    ``mosaic.json`` (empty if that cannot be read)."""
+    try:
+        ids = list(json.loads((out_dir / "mosaic.json").read_text())["images"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    made = {"mosaic.json", "classes.yaml", "JPEGImages", "Annotations", "SegmentationObject", "ImageSets",
+            "ImageSets/Main"} | {f"ImageSets/Main/{split}.txt" for split in SPLITS}
+    for i in ids:
+        made |= {f"JPEGImages/{i}.jpg", f"Annotations/{i}.xml", f"SegmentationObject/{i}.png"}
+    return made
+
+
+def _refuse_foreign(out_dir: Path) -> None:
+    """Raise if ``out_dir`` holds a file or folder that the build recorded in its ``mosaic.json`` did not write."""
+    made = _builder_files(out_dir)
+    foreign = []
+    for dirpath, dirnames, filenames in os.walk(out_dir):
+        rel_dir = Path(dirpath).relative_to(out_dir)
+        foreign += [(rel_dir / n).as_posix() for n in dirnames + filenames if (rel_dir / n).as_posix() not in made]
+    if foreign:
+        foreign.sort()
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise DatasetError(
+            f"{out_dir} holds {len(foreign)} file(s) the mosaic builder did not write ({shown}); refusing to "
+            f"replace it, as that would delete them: move them elsewhere or pick another folder")
+
+
 def build_mosaics(
     out_dir: str | Path,
     *,
@@ -605,12 +648,15 @@ def build_mosaics(
     source: str | Path | None = None,
     classes_file: str | Path | None = None,
     progress: bool = True,
+    rebuild: bool = False,
 ) -> Path:
     """Build the mosaic data set in VOC layout under ``out_dir`` (see the module docstring); return it.
 
     Args:
-        out_dir: the data set folder; replaced if it holds a build with other parameters; an existing
-            non-empty folder without ``mosaic.json`` is refused.
+        out_dir: the data set folder. A build with the same parameters there is reused; one with other
+            parameters is refused (the message names the differing parameters) unless ``rebuild``; an
+            existing non-empty folder without ``mosaic.json`` is refused. Nothing the builder did not
+            write is ever deleted: a set holding other files is refused even with ``rebuild``.
         n_train, n_test: number of mosaics per split (train stamps and test stamps never overlap).
         seed: the seed of every random choice.
         image_size: side of the square images, in pixels.
@@ -621,6 +667,10 @@ def build_mosaics(
         source: a ``usr/share/tuxpaint`` folder; default :func:`find_tuxpaint` (may download).
         classes_file: the class-set YAML; default :data:`DEFAULT_CLASSES_FILE`.
         progress: show a tqdm bar and print when a build is reused.
+        rebuild: replace a set built with other parameters (``--rebuild``, ``data.rebuild``).
+
+    Stale temporary folders (``.<name>.tmp-*``) that a killed build left beside ``out_dir`` are removed first.
+    Folders and files are created with the process's umask (a shared data set stays readable).
     """
     spec = load_mosaic_spec(classes_file)
     p = _Params(int(n_train), int(n_test), int(seed), int(image_size), int(min_objects),
@@ -639,6 +689,18 @@ def build_mosaics(
             raise DatasetError(
                 f"{out_dir} exists and is not a mosaic data set (no readable mosaic.json); refusing to "
                 f"overwrite it: pick another folder or delete it")
+        if old is not None and not rebuild:
+            raise DatasetError(
+                f"{out_dir} holds a mosaic data set built with other parameters "
+                f"({_param_differences(old, params)}); refusing to replace it: rebuild it with --rebuild "
+                f"(data.rebuild: true, build_mosaics(rebuild=True)) or pick another folder")
+        if old is not None:
+            _refuse_foreign(out_dir)
+    check_writable_dir(out_dir.parent, "mosaic output folder")
+    for stale in (f".{out_dir.name}.tmp-", f".{out_dir.name}.old-"):
+        for d in clean_stale_temp_dirs(out_dir.parent, stale):
+            if progress:
+                print(f"ccdlib: removed {d}, left by a killed build", file=sys.stderr)
 
     src = Path(source) if source is not None else find_tuxpaint()
     if not _has_assets(src):
@@ -661,7 +723,7 @@ def build_mosaics(
         backgrounds.append((name, im, box))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir.parent, f".{out_dir.name}.tmp-")
     try:
         for sub in ("JPEGImages", "Annotations", "SegmentationObject", "ImageSets/Main"):
             (tmp / sub).mkdir(parents=True)
@@ -703,7 +765,11 @@ def build_mosaics(
         }
         (tmp / "mosaic.json").write_text(json.dumps(info, indent=1) + "\n")   # written last
         if out_dir.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            if _existing_params(out_dir) is not None:
+                _refuse_foreign(out_dir)   # again: a file may have been added while we built
+            elif any(out_dir.iterdir()):
+                raise DatasetError(f"{out_dir} was filled while the mosaics were built; refusing to replace it")
+            trash = make_temp_dir(out_dir.parent, f".{out_dir.name}.old-")
             os.replace(out_dir, trash / "old")
             os.replace(tmp, out_dir)
             shutil.rmtree(trash, ignore_errors=True)
@@ -741,19 +807,25 @@ def default_mosaic_root(*, n_train: int = 400, n_test: int = 200, seed: int = 0,
 
 
 def embedded_dataset(split: str, *, root: str | Path | None = None, n_train: int = 400, n_test: int = 200,
-                     seed: int = 0, **kw) -> MultiLabelDataset:
+                     seed: int = 0, cache_dir: str | Path | None = None, rebuild: bool = False,
+                     **kw) -> MultiLabelDataset:
     """The embedded default data set: build the mosaics if needed, then read ``split``.
 
     ``root`` defaults to :func:`default_mosaic_root` (under the ccdlib cache, ``$CCDLIB_CACHE`` or
     ``~/.cache/ccdlib``); other keyword arguments go to :func:`build_mosaics`. A build with other
-    parameters found in ``root`` is replaced.
+    parameters found in ``root`` is refused unless ``rebuild``; under the default root (the library's own
+    cache folder) it is rebuilt. ``cache_dir`` (a run's ``cache_dir``) replaces :func:`default_cache_dir` for
+    the default root and the fetched packages.
     """
     if split not in SPLITS:
         raise DatasetError(f"split={split!r}: the mosaic data set has splits {list(SPLITS)}")
     if root is None:
         root = default_mosaic_root(n_train=n_train, n_test=n_test, seed=seed,
-                                   image_size=kw.get("image_size", 448))
-    build_mosaics(root, n_train=n_train, n_test=n_test, seed=seed, **kw)
+                                   image_size=kw.get("image_size", 448), cache_dir=cache_dir)
+        rebuild = True   # the library's own folder: a stale build there is replaced (user files never are)
+    from .cache import cache_location
+    with cache_location(cache_dir):   # the photo packages are fetched into the same cache
+        build_mosaics(root, n_train=n_train, n_test=n_test, seed=seed, rebuild=rebuild, **kw)
     return read_mosaic(root, split)
 
 
@@ -780,18 +852,25 @@ def cli_main(argv: list[str] | None = None) -> int:
                     help="a usr/share/tuxpaint folder (default: found or fetched by find_tuxpaint)")
     ap.add_argument("--classes", type=Path, default=None, help="class-set YAML (default: the shipped one)")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    ap.add_argument("--rebuild", action="store_true",
+                    help="replace a set in --out built with other parameters (a folder holding files the "
+                         "builder did not write is still refused: they are never deleted)")
+    ap.add_argument("--cache-dir", type=Path, default=None,
+                    help="the ccdlib cache (default $CCDLIB_CACHE or ~/.cache/ccdlib): default --out, fetched packages")
     args = ap.parse_args(argv)
-    out = args.out or default_mosaic_root(n_train=args.train, n_test=args.test, seed=args.seed,
-                                          image_size=args.image_size)
+    from .cache import cache_location
     try:
-        root = build_mosaics(
-            out, n_train=args.train, n_test=args.test, seed=args.seed, image_size=args.image_size,
-            min_objects=args.min_objects, max_objects=args.max_objects, min_scale=args.min_scale,
-            max_scale=args.max_scale, source=args.source, classes_file=args.classes,
-            progress=args.progress)
-    except (DataSetupError, DatasetError) as e:
+        with cache_location(args.cache_dir):
+            out = args.out or default_mosaic_root(n_train=args.train, n_test=args.test, seed=args.seed,
+                                                  image_size=args.image_size)
+            root = build_mosaics(
+                out, n_train=args.train, n_test=args.test, seed=args.seed, image_size=args.image_size,
+                min_objects=args.min_objects, max_objects=args.max_objects, min_scale=args.min_scale,
+                max_scale=args.max_scale, source=args.source, classes_file=args.classes,
+                progress=args.progress, rebuild=args.rebuild or args.out is None)
+    except CCDError as e:   # exit 2, as every ccdlib command documents
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(root)
     return 0
 

@@ -12,9 +12,25 @@ from .scoring import load_rgb
 from .student import _checkpoint_paths, load_student_checkpoint, preprocess_image
 from .teachers import resolve_device
 
-__all__ = ["IMAGE_SUFFIXES", "list_images", "predict_images"]
+__all__ = ["IMAGE_SUFFIXES", "list_images", "predict_images", "check_output_path"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def check_output_path(out: str | Path) -> Path:
+    """Raise :class:`~ccdlib.errors.ConfigError` unless ``out`` can be written as a file: not a folder, its folder
+    (made if absent) writable. Called before any scoring, so a bad ``--out`` costs nothing."""
+    import os
+
+    from .cache import check_writable_dir
+    from .errors import ConfigError
+    p = Path(out)
+    if p.is_dir() or str(out).endswith(("/", os.sep)):
+        raise ConfigError(f"--out {out} is a folder; give a CSV file path (e.g. {p / 'predictions.csv'})")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise ConfigError(f"--out {out} exists and is not writable")
+    check_writable_dir(p.parent if str(p.parent) else Path("."), "--out folder")
+    return p
 
 
 def list_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -43,6 +59,9 @@ def predict_images(checkpoint: str | Path, inputs: Sequence[str | Path], *, thre
 
     import pandas as pd
 
+    from .errors import ConfigError
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     student, config = load_student_checkpoint(checkpoint)
     meta = json.loads(_checkpoint_paths(checkpoint)[1].read_text())
     classes = meta.get("class_ids") or [f"class_{k}" for k in range(meta["num_classes"])]

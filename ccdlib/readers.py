@@ -73,7 +73,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .datasets import ClassList, MultiLabelDataset, load_class_list
+from .datasets import ClassList, MultiLabelDataset, load_class_list, read_text_file
 from .errors import DatasetError
 
 __all__ = [
@@ -131,7 +131,8 @@ DIFFICULT_POLICIES: tuple[str, ...] = ("negative", "positive", "ignore")
 """Accepted values of ``read_voc(difficult=...)``; see the module docstring."""
 
 _VOC_YEAR_DIR = re.compile(r"VOC(\d{4})")
-_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp")
+_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".BMP", ".webp", ".tif", ".tiff",
+               ".TIF", ".TIFF")
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -153,13 +154,16 @@ def _require_dir(path: Path, what: str) -> None:
         raise DatasetError(f"{what} is not a folder: {path}")
 
 
-def _check_ids(ids: Sequence[str], source: Path) -> None:
-    """Raise if a split lists no image or lists an id twice (naming the file and the ids)."""
+def _check_ids(ids: Sequence[str], source: Path, lines: Sequence[int] | None = None) -> None:
+    """Raise if a split lists no image or lists an id twice (naming the file, the ids and, given the ids' line
+    numbers, the lines)."""
     if not ids:
         raise DatasetError(f"split file {source} lists no images")
     dups = sorted(i for i, n in Counter(ids).items() if n > 1)
     if dups:
-        shown = ", ".join(dups[:10]) + (" ..." if len(dups) > 10 else "")
+        def at(i: str) -> str:
+            return i if lines is None else f"{i} (lines {', '.join(str(ln) for ln, j in zip(lines, ids) if j == i)})"
+        shown = ", ".join(at(i) for i in dups[:10]) + (" ..." if len(dups) > 10 else "")
         raise DatasetError(f"split file {source} lists {len(dups)} duplicate image id(s): {shown}")
 
 
@@ -171,12 +175,40 @@ def _warn_empty_classes(ds: MultiLabelDataset) -> None:
             f"{empty}", UserWarning, stacklevel=3)
 
 
+def _read_numbered_lines(path: Path) -> list[tuple[int, str]]:
+    """``[(line number, stripped text), ...]`` of the non-blank lines (UTF-8, see :func:`read_text_file`)."""
+    text = read_text_file(path, "file")
+    return [(k, ln.strip()) for k, ln in enumerate(text.splitlines(), start=1) if ln.strip()]
+
+
 def _read_lines(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise DatasetError(f"cannot read {path}: {e}") from e
-    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return [ln for _, ln in _read_numbered_lines(path)]
+
+
+def _check_box(box: tuple[float, float, float, float], size: tuple[float, float] | None, where: str,
+               *, one_based: bool) -> tuple[float, float, float, float]:
+    """A box ``(x0, y0, x1, y1)`` 0-based continuous (VOC: from 1-based inclusive) checked and clipped.
+
+    Not finite, or empty / reversed (``x0 >= x1`` or ``y0 >= y1``, e.g. VOC ``xmin > xmax``), or wholly outside
+    the image: a :class:`DatasetError` naming ``where``. Partly outside the image (``size = (W, H)`` known):
+    clipped to it, with a ``UserWarning`` naming ``where`` (annotation tools often write ``xmax = W + 1``)."""
+    x0, y0, x1, y1 = box
+    if one_based:
+        x0, y0 = x0 - 1.0, y0 - 1.0
+    if not all(np.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise DatasetError(f"{where}: box {list(box)} has a coordinate that is not a finite number")
+    if x0 >= x1 or y0 >= y1:
+        raise DatasetError(f"{where}: box {list(box)} is empty or reversed (needs xmin {'<=' if one_based else '<'} "
+                           f"xmax and ymin {'<=' if one_based else '<'} ymax)")
+    if size is not None and size[0] > 0 and size[1] > 0:
+        w, h = size
+        if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
+            raise DatasetError(f"{where}: box {list(box)} lies outside the {w:g}x{h:g} image")
+        if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+            warnings.warn(f"{where}: box {list(box)} extends outside the {w:g}x{h:g} image; clipped to it",
+                          UserWarning, stacklevel=4)
+            x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))
+    return x0, y0, x1, y1
 
 
 # --------------------------------------------------------------------------------------------- VOC
@@ -230,6 +262,11 @@ def _parse_voc_xml(path: Path) -> tuple[str | None, list[tuple[str, bool, tuple[
         raise DatasetError(f"cannot read annotation file {path}: {e}") from e
     node = tree.getroot()
     filename = (node.findtext("filename") or "").strip() or None
+    size = None
+    try:
+        size = (float(node.findtext("size/width") or 0), float(node.findtext("size/height") or 0))
+    except ValueError:
+        raise DatasetError(f"annotation file {path}: <size> holds a non-numeric width or height") from None
     objects = []
     for k, obj in enumerate(node.findall("object")):
         name = (obj.findtext("name") or "").strip()
@@ -251,6 +288,9 @@ def _parse_voc_xml(path: Path) -> tuple[str | None, list[tuple[str, bool, tuple[
                 raise DatasetError(
                     f"annotation file {path}: object #{k} ({name}) has a <bndbox> with a missing or "
                     f"non-numeric xmin/ymin/xmax/ymax") from None
+        if box is not None:
+            box = _check_box(box, size, f"annotation file {path}, object #{k} ({name})", one_based=True)
+            box = (box[0] + 1.0, box[1] + 1.0, box[2], box[3])   # back to VOC's 1-based xmin/ymin
         objects.append((name, difficult, box))  # type: ignore[arg-type]
     return filename, objects
 
@@ -301,8 +341,9 @@ def read_voc(
         main = split_file.parent
         avail = sorted(p.stem for p in main.glob("*.txt") if "_" not in p.stem) if main.is_dir() else []
         raise DatasetError(f"split file not found: {split_file} (available splits: {avail or 'none'})")
-    ids = [ln.split()[0] for ln in _read_lines(split_file)]
-    _check_ids(ids, split_file)
+    numbered = _read_numbered_lines(split_file)
+    ids = [ln.split()[0] for _, ln in numbered]
+    _check_ids(ids, split_file, [k for k, _ in numbered])
 
     ann_dir, img_dir = voc_dir / "Annotations", voc_dir / "JPEGImages"
     col = {cid: c for c, cid in enumerate(cl.ids)}
@@ -452,8 +493,13 @@ def read_coco(
             row[c] = 1
             bbox = ann.get("bbox")
             if bbox is not None and len(bbox) == 4:
-                x, y, w, h = (float(v) for v in bbox)
-                rows.append((c, x, y, x + w, y + h))
+                where = f"COCO annotation file {ann_path}, annotation {ann.get('id')} (image {img_id})"
+                try:
+                    x, y, w, h = (float(v) for v in bbox)
+                except (TypeError, ValueError):
+                    raise DatasetError(f"{where}: bbox {bbox} is not four numbers") from None
+                size = (float(info.get("width") or 0), float(info.get("height") or 0))
+                rows.append((c, *_check_box((x, y, x + w, y + h), size, where, one_based=False)))
         ids.append(str(img_id))
         paths.append(path)
         label_rows.append(row)
@@ -473,6 +519,19 @@ def read_coco(
 
 # ---------------------------------------------------------------------------------------- NUS-WIDE
 _NUS_SPLITS = {"train": "Train", "test": "Test"}
+
+
+def _concepts_class_list(path: Path) -> ClassList:
+    """``Concepts81.txt``: one concept per line; a concept listed twice is an error naming both lines."""
+    first: dict[str, int] = {}
+    for k, name in _read_numbered_lines(path):
+        if name in first:
+            raise DatasetError(f"NUS-WIDE concept file {path} line {k}: {name!r} is listed twice (first on line "
+                               f"{first[name]})")
+        first[name] = k
+    if not first:
+        raise DatasetError(f"NUS-WIDE concept file {path} lists no concept")
+    return ClassList.from_mapping(list(first))
 
 
 def read_nuswide(
@@ -520,16 +579,17 @@ def read_nuswide(
     tag = _NUS_SPLITS[key]
     if classes is None:
         concepts_file = root / "Concepts81.txt"
-        cl = ClassList.from_mapping(_read_lines(concepts_file)) if concepts_file.is_file() else NUSWIDE_CLASSES
+        cl = _concepts_class_list(concepts_file) if concepts_file.is_file() else NUSWIDE_CLASSES
     else:
         cl = _as_class_list(classes, NUSWIDE_CLASSES)
 
     list_file = root / "ImageList" / f"{tag}Imagelist.txt"
     if not list_file.is_file():
         raise DatasetError(f"NUS-WIDE image list not found: {list_file}")
-    rels = [ln.replace("\\", "/").strip("/") for ln in _read_lines(list_file)]
+    numbered = _read_numbered_lines(list_file)
+    rels = [ln.replace("\\", "/").strip("/") for _, ln in numbered]
     ids = [str(PurePosixPath(r).with_suffix("")) if PurePosixPath(r).suffix else r for r in rels]
-    _check_ids(ids, list_file)
+    _check_ids(ids, list_file, [k for k, _ in numbered])
     n = len(rels)
 
     label_dir = root / "Groundtruth" / "TrainTestLabels"

@@ -20,7 +20,9 @@ from typing import Any
 
 from .cache import atomic_write_bytes, atomic_write_text
 
-__all__ = ["Reporter", "save_figure", "save_table", "provenance", "build_index", "package_versions"]
+__all__ = ["Reporter", "save_figure", "save_table", "provenance", "build_index", "package_versions", "lock_sha256"]
+
+LOCK_FILE = Path(__file__).resolve().parents[1] / "requirements.lock"   # what `make setup` installs
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -48,10 +50,21 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def lock_sha256(path: str | Path = LOCK_FILE) -> str | None:
+    """SHA-256 of the lock file the environment was installed from (``requirements.lock``); ``None`` if absent
+    (an installed copy of ccdlib without its repository)."""
+    import hashlib
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def provenance(**extra: Any) -> dict:
     """Git commit, time, machine and package versions, plus whatever the caller adds (config, data, seed...)."""
     return {"commit": git_commit(Path(__file__).resolve().parent), "written": _dt.datetime.now().isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()} {os.cpu_count()} cpu", "packages": package_versions(), **extra}
+            "machine": f"{platform.machine()} {os.cpu_count()} cpu", "packages": package_versions(),
+            "lock_sha256": lock_sha256(), **extra}
 
 
 class Reporter:
@@ -148,7 +161,7 @@ def build_index(reports: str | Path = "reports", *, params: str | Path | None = 
     pages = _render_html(reports) if render_html else sorted((reports / "html").glob("*.html"))
     run_info = {"built": _dt.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(reports.resolve()),
                 "params": str(params) if params else None, "packages": package_versions(),
-                "machine": f"{platform.machine()} {os.cpu_count()} cpu"}
+                "machine": f"{platform.machine()} {os.cpu_count()} cpu", "lock_sha256": lock_sha256()}
     if seconds is not None:
         run_info["reproduce_seconds"] = seconds
     timing = reports / "timing.json"
@@ -202,6 +215,7 @@ def build_index(reports: str | Path = "reports", *, params: str | Path | None = 
                 h.append(f"<h3>{html.escape(e['name'])}</h3><p>{html.escape(cap)}</p>{tbl}"
                          f"<p class='prov'><a href='{csv}'>CSV</a> · {html.escape(prov_line)}</p>")
     pk = ", ".join(f"{k} {v}" for k, v in run_info["packages"].items())
+    pk += f"; requirements.lock sha256 {run_info['lock_sha256']}"
     md += ["## Environment", "", f"{run_info['machine']}; {pk}", ""]
     h.append(f"<h2>Environment</h2><p class='prov'>{html.escape(run_info['machine'])}; {html.escape(pk)}</p></body></html>")
     atomic_write_text(reports / "README.md", "\n".join(md))

@@ -20,8 +20,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .cache import (atomic_write_bytes, atomic_write_text, changed_files, default_cache_dir, file_fingerprints,
-                    stable_hash)
+from .cache import (atomic_write_bytes, atomic_write_text, cache_location, changed_files, check_writable_dir,
+                    default_cache_dir, file_fingerprints, stable_hash)
 from .config import DataConfig, RunConfig, config_to_dict
 from .datasets import MultiLabelDataset
 from .metrics import evaluate, mean_average_precision, released_code_map
@@ -48,6 +48,7 @@ def load_data(cfg: DataConfig, *, cache_dir: str | Path | None = None, seed: int
     if cfg.kind == "mosaic":
         from .mosaic import embedded_dataset
         kw = dict(root=cfg.root, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.mosaic_seed)
+        kw.update(cache_dir=cache_dir, rebuild=cfg.rebuild)   # one cache for everything (issue 11 items 7, 9)
         train, test = embedded_dataset("train", **kw), embedded_dataset("test", **kw)
     else:
         from .readers import load_dataset
@@ -114,11 +115,13 @@ def make_context(cfg: RunConfig, *, data: tuple[MultiLabelDataset, MultiLabelDat
             raise ConfigError(f"teacher.arch: unknown open_clip architecture {cfg.teacher.arch!r}; "
                               f"see open_clip.list_models()")
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    check_writable_dir(cache_dir, "cache folder (cache_dir, or $CCDLIB_CACHE)")   # before any work
     train, test = data if data is not None else load_data(cfg.data, cache_dir=cache_dir, seed=cfg.seed)
     check_splits(train, test)
     inputs = input_fingerprint(train, test)
     stats = {"train": file_fingerprints(train.image_paths), "test": file_fingerprints(test.image_paths)}
-    teacher = get_teacher(cfg.teacher)
+    with cache_location(cache_dir):   # the ConSE text cache goes there too
+        teacher = get_teacher(cfg.teacher)
     classifier = teacher.text_classifier(train.prompt_names, cfg.teacher.templates)
     return Context(cfg=cfg, train=train, test=test, teacher=teacher, classifier=classifier, cache_dir=cache_dir,
                    inputs=inputs, file_stats=stats)

@@ -24,7 +24,7 @@ from PIL import Image
 from .cache import ArrayCache, image_fingerprints
 from .distributed import rank_and_world
 from .teachers import Teacher
-from .views import View, crop_view, open_image
+from .views import View, crop_view, open_image, to_rgb
 
 __all__ = ["embed_views", "score_views", "auto_forward_batch", "ScoringStats", "load_rgb"]
 
@@ -48,10 +48,12 @@ last_stats = ScoringStats()
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image as RGB; a missing, corrupt or truncated file is a :class:`DatasetError` naming it."""
+    """Open an image as the 8-bit RGB a person would see (:func:`~ccdlib.views.to_rgb`: EXIF orientation,
+    transparency on white, 16-bit and float scaled); a missing, corrupt, truncated or unconvertible file is a
+    :class:`DatasetError` naming it."""
     with open_image(path, problem="corrupt or truncated image") as im:
         im.load()
-        return im.convert("RGB")
+        return to_rgb(im, path)
 
 
 def _cut_views(image_paths: Sequence[str | Path], views: Sequence[View], teacher: Teacher) -> torch.Tensor:

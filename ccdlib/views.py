@@ -18,6 +18,7 @@ __all__ = [
     "Box",
     "image_size",
     "open_image",
+    "to_rgb",
     "grid_boxes",
     "global_views",
     "grid_views",
@@ -44,23 +45,94 @@ class View:
 def open_image(path: str | Path, *, problem: str = "corrupt or unreadable image") -> Iterator[Image.Image]:
     """``with open_image(path) as im``: PIL's ``Image.open`` where a missing file, or a failure to open or read it
     inside the block, is a :class:`~ccdlib.errors.DatasetError` naming the file (``"<problem> <path>: ..."``)."""
+    import struct
+
     from PIL import UnidentifiedImageError
 
-    from .errors import DatasetError
+    from .errors import CCDError, DatasetError
     try:
         with Image.open(path) as im:
             yield im
+    except CCDError:
+        raise
     except FileNotFoundError:
         raise DatasetError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DatasetError(f"{problem} {path}: {e}") from None
+    except IsADirectoryError:
+        raise DatasetError(f"image path is a folder, not a file: {path}") from None
+    except Image.DecompressionBombError as e:
+        raise DatasetError(f"image too large {path}: {e} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust "
+                           f"it)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError,
+            TypeError, KeyError, ZeroDivisionError, MemoryError) as e:   # whatever a damaged file makes PIL raise
+        raise DatasetError(f"{problem} {path}: {type(e).__name__}: {e}") from None
+
+
+_ORIENTATION = 0x0112          # EXIF tag: how the stored pixels must be turned to be seen upright
+_SWAPS_AXES = (5, 6, 7, 8)     # orientations that transpose (width and height trade places)
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    try:
+        value = int(im.getexif().get(_ORIENTATION, 1))
+    except Exception:          # an unreadable EXIF block: shown as stored, as image viewers do
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def to_rgb(im: Image.Image, path: str | Path = "<image>") -> Image.Image:
+    """The 8-bit RGB picture a person would see, from any PIL image: ``(H, W)`` any mode -> ``(H', W')`` RGB.
+
+    * EXIF orientation applied (``H', W'`` swapped for orientations 5-8), as viewers and cameras do;
+    * 1, L, P, RGB, CMYK, YCbCr, LAB, HSV, RGBX: PIL's conversion;
+    * transparency (LA, PA, RGBA, RGBa, P with a transparent colour): composited on white;
+    * 16-bit (``I;16*``, e.g. a 16-bit PNG) and 32-bit integer ``I`` read as 0-65535, scaled to 0-255
+      (PIL's own conversion would clip every value above 255 to white); ``I`` outside that range is refused;
+    * float ``F`` read as 0-1, scaled to 0-255; outside [0, 1] or not finite is refused;
+    * anything else, or an image with no pixel, is a :class:`~ccdlib.errors.DatasetError` naming ``path``.
+    """
+    from PIL import ImageOps
+
+    from .errors import DatasetError
+    if im.width == 0 or im.height == 0:
+        raise DatasetError(f"image {path} has no pixels (size {im.width}x{im.height})")
+    if _exif_orientation(im) != 1:
+        try:
+            im = ImageOps.exif_transpose(im)
+        except Exception:      # an EXIF block PIL cannot apply: shown as stored
+            pass
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(im).astype(np.int64)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 65535:
+            raise DatasetError(f"image {path}: {mode} pixel values span [{lo}, {hi}], outside the 16-bit range "
+                               f"0-65535 that ccdlib maps to 0-255; convert it to 8-bit RGB first")
+        return Image.fromarray(((arr * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise DatasetError(f"image {path}: float pixel values span [{np.nanmin(arr):g}, {np.nanmax(arr):g}] "
+                               f"(or are not finite); ccdlib reads float images as 0-1: convert it to 8-bit RGB "
+                               f"first")
+        return Image.fromarray(np.rint(arr * 255).astype(np.uint8), "L").convert("RGB")
+    has_alpha = mode in ("LA", "La", "PA", "RGBA", "RGBa") or (mode == "P" and "transparency" in im.info) \
+        or (mode in ("L", "RGB") and "transparency" in im.info)
+    try:
+        if not has_alpha:
+            return im.convert("RGB")
+        rgba = im.convert("RGBA")
+    except (ValueError, OSError) as e:
+        raise DatasetError(f"image {path}: cannot convert PIL mode {mode!r} to RGB ({e})") from None
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """``(width, height)`` from the image header (no decode). A missing or unreadable file is a
-    :class:`~ccdlib.errors.DatasetError` naming it."""
+    """``(width, height)`` as :func:`to_rgb` shows it (EXIF orientation applied), from the image header (no
+    decode). A missing or unreadable file is a :class:`~ccdlib.errors.DatasetError` naming it."""
     with open_image(path) as im:
-        return im.size
+        w, h = im.size
+        return (h, w) if _exif_orientation(im) in _SWAPS_AXES else (w, h)
 
 
 def grid_boxes(width: int, height: int, n: int) -> list[Box]:

@@ -67,7 +67,9 @@ def test_existing_build_is_reused_and_other_params_rebuild(source, built, tmp_pa
     mosaic.build_mosaics(root, seed=0, source=source, **{**TINY, "progress": True})
     assert "reusing" in capsys.readouterr().err
     assert (root / "mosaic.json").stat().st_mtime_ns == stamp
-    mosaic.build_mosaics(root, seed=0, source=source, **{**TINY, "n_test": 2})
+    with pytest.raises(DatasetError, match="n_test 4 -> 2"):   # other parameters: refused unless rebuild
+        mosaic.build_mosaics(root, seed=0, source=source, **{**TINY, "n_test": 2})
+    mosaic.build_mosaics(root, seed=0, source=source, rebuild=True, **{**TINY, "n_test": 2})
     assert (root / "ImageSets/Main/test.txt").read_text().split() == ["test_000000", "test_000001"]
     assert not list(tmp_path.glob(".*"))   # no temporary folder left behind
 
