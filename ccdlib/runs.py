@@ -34,7 +34,7 @@ from .views import View, global_views, grid_views, image_size
 __all__ = [
     "Context", "make_context", "load_data", "global_probabilities", "grid_probabilities", "view_probabilities",
     "pseudo_label_quality", "select_checkpoints", "RunResult", "run_teacher_global", "run_cdul", "run_ccd",
-    "run_supervised", "run", "RUNNERS",
+    "run_supervised", "run", "RUNNERS", "TEST_SCORES_FILE", "save_test_scores", "load_test_scores",
 ]
 
 
@@ -392,8 +392,38 @@ def save_result(result: RunResult, out_dir: str | Path, *, checkpoints: bool = T
         buf = io.BytesIO()
         np.savez_compressed(buf, **result.stage_labels)
         atomic_write_bytes(d / "pseudo_labels.npz", buf.getvalue())
+    save_test_scores(result, d)
     atomic_write_text(d / "result.json", json.dumps(_jsonify(result.to_json()), indent=1))  # last: marks "done"
     return d
+
+
+#: File beside ``result.json`` holding the test probabilities ``(N_test, C)`` of every selected rule.
+TEST_SCORES_FILE = "test_scores.npz"
+
+
+def save_test_scores(result: RunResult, run_dir: str | Path) -> Path | None:
+    """Write ``run_dir/test_scores.npz``: one ``(N_test, C)`` float32 array of test probabilities per selection
+    rule (``last``, ``gt_free``, ``gt_best``, ``zero_shot``), in the test split's image order, so intervals
+    (:mod:`ccdlib.stats`) can be computed from finished runs. Atomic; ``None`` when the run kept no scores."""
+    if not result.test_scores:
+        return None
+    import io
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: np.asarray(v, np.float32) for k, v in result.test_scores.items()})
+    p = Path(run_dir) / TEST_SCORES_FILE
+    atomic_write_bytes(p, buf.getvalue())
+    return p
+
+
+def load_test_scores(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """The per-rule test probabilities ``{rule: (N_test, C) float32}`` saved by :func:`save_test_scores`
+    (``run_dir``: ``out_dir/<run name>`` or its ``result.json``); ``{}`` for a run saved without them."""
+    d = Path(run_dir)
+    p = (d.parent if d.name == "result.json" else d) / TEST_SCORES_FILE
+    if not p.exists():
+        return {}
+    with np.load(p) as z:
+        return {k: z[k] for k in z.files}
 
 
 def load_result(path: str | Path) -> dict:
