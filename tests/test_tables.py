@@ -306,3 +306,16 @@ def test_claims_table_and_paragraph():
     assert f"{first['diff']:+.1f} mAP [{first['diff_lo']:+.1f}, {first['diff_hi']:+.1f}]" in text
     assert "CCD beats CDUL holds" in text
     assert claims_paragraph(c.iloc[:0]) == ""
+
+
+def test_claims_paragraph_opens_the_reports_readme(tmp_path):
+    from ccdlib.report import CLAIMS_FILE, Reporter, build_index
+    rep = Reporter(tmp_path, notebook="04_main_table")
+    rep.save_table(pd.DataFrame({"method": ["CCD"], "mAP": [50.0]}), "main_table")
+    rep.save_claims("**What holds here**: CCD beats CDUL holds, +3.0 mAP [+1.0, +5.0].\n")
+    assert (tmp_path / CLAIMS_FILE).read_text().startswith("**What holds here**")
+    build_index(tmp_path, render_html=False)
+    readme = (tmp_path / "README.md").read_text()
+    assert readme.index("CCD beats CDUL holds") < readme.index("## 04_main_table")
+    assert readme.startswith("# Reports\n\n**What holds here**")
+    assert "CCD beats CDUL holds, +3.0 mAP" in (tmp_path / "index.html").read_text()
