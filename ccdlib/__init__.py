@@ -20,7 +20,7 @@ from .readers import VOC_CLASSES, load_dataset, read_coco, read_nuswide, read_vo
 from .runs import (Context, RunResult, global_probabilities, grid_probabilities, load_result, make_context,
                    pseudo_label_quality, run, run_ccd, run_cdul, run_supervised, run_teacher_global,
                    select_checkpoints, view_probabilities)
-from .runs import load_test_scores, save_test_scores
+from .runs import load_test_scores, run_with_test_scores, save_test_scores
 from .stats import (Interval, bootstrap_map, bootstrap_metric, paired_bootstrap_difference, seed_averaged_scores,
                     seed_mean_sd)
 from .scoring import embed_views, score_views

@@ -35,6 +35,7 @@ __all__ = [
     "Context", "make_context", "load_data", "global_probabilities", "grid_probabilities", "view_probabilities",
     "pseudo_label_quality", "select_checkpoints", "RunResult", "run_teacher_global", "run_cdul", "run_ccd",
     "run_supervised", "run", "RUNNERS", "TEST_SCORES_FILE", "save_test_scores", "load_test_scores",
+    "run_with_test_scores",
 ]
 
 
@@ -444,3 +445,15 @@ def run(cfg: RunConfig, *, ctx: Context | None = None, force: bool = False, save
     if save:
         save_result(result, cfg.out_dir)
     return _jsonify(result.to_json())
+
+
+def run_with_test_scores(cfg: RunConfig, *, ctx: Context | None = None, force: bool = False
+                         ) -> tuple[dict, dict[str, np.ndarray]]:
+    """:func:`run`, then its per-rule test probabilities (:func:`load_test_scores`); a run finished before test
+    scores were saved is run again (once) so that intervals can be computed from it."""
+    res = run(cfg, ctx=ctx, force=force)
+    scores = load_test_scores(Path(cfg.out_dir) / cfg.name)
+    if not scores:
+        res = run(cfg, ctx=ctx, force=True)
+        scores = load_test_scores(Path(cfg.out_dir) / cfg.name)
+    return res, scores

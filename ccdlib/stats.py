@@ -28,7 +28,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 __all__ = ["Interval", "resample_counts", "resampled_average_precision", "resampled_map", "bootstrap_map",
-           "paired_bootstrap_difference", "bootstrap_metric", "seed_mean_sd", "seed_averaged_scores"]
+           "paired_bootstrap_difference", "bootstrap_metric", "seed_mean_sd", "seed_averaged_scores",
+           "difference_half_width_by_n"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -258,3 +259,35 @@ def seed_averaged_scores(scores: Sequence[np.ndarray]) -> np.ndarray:
     if len(shapes) != 1 or arrs[0].ndim != 2:
         raise ValueError(f"every seed's scores must be the same (N, C) array shape; got {sorted(shapes)}")
     return np.mean(arrs, axis=0)
+
+
+def difference_half_width_by_n(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarray, *,
+                               sizes: Sequence[int] = (160, 400, 800), n_subsets: int = 5, n_resamples: int = 1000,
+                               confidence: float = 0.95, seed: int = 0) -> "pd.DataFrame":
+    """How precise a paired mAP difference is on a test split of ``n`` images: for each ``n`` in ``sizes``
+    (at most ``N``), ``n_subsets`` seeded random subsets of ``n`` of the ``N`` test images, the paired-bootstrap
+    interval of ``mAP(a) - mAP(b)`` on each; returns one row per ``n``: ``n, half_width`` (mean over subsets),
+    ``half_width_sd``, ``diff`` (mean estimate), and ``half_width_sqrt_scaled``: the full-set half-width times
+    ``sqrt(N / n)`` (what ``1/sqrt(n)`` scaling predicts), to read off the ``n`` that gives a target precision."""
+    import pandas as pd
+
+    sa, y = _check_scores_labels(scores_a, labels)
+    sb, _ = _check_scores_labels(scores_b, labels)
+    n_all = sa.shape[0]
+    full = paired_bootstrap_difference(sa, sb, y, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in sizes:
+        if not 2 <= n <= n_all:
+            raise ValueError(f"sizes must lie in [2, N={n_all}], got {n}")
+        hw, est = [], []
+        for k in range(n_subsets if n < n_all else 1):
+            sub = np.sort(rng.choice(n_all, n, replace=False)) if n < n_all else np.arange(n_all)
+            d = paired_bootstrap_difference(sa[sub], sb[sub], y[sub], n_resamples=n_resamples,
+                                            confidence=confidence, seed=seed + k)
+            hw.append(d.half_width)
+            est.append(d.estimate)
+        rows.append({"n": int(n), "half_width": float(np.mean(hw)),
+                     "half_width_sd": float(np.std(hw, ddof=1)) if len(hw) > 1 else math.nan,
+                     "diff": float(np.mean(est)), "half_width_sqrt_scaled": full.half_width * math.sqrt(n_all / n)})
+    return pd.DataFrame(rows)

@@ -30,7 +30,7 @@ __all__ = [
     "epoch_curves", "selected_epochs", "Ablation", "ablation_grid", "ablation_table", "stage_quality_table",
     "per_class_stage_ap", "initial_stage_labels", "load_stage_labels", "flat_config_keys", "config_params",
     "PSEUDO_LABELS_FILE", "SeedRun", "seeded_main_table", "protocol_columns", "CLAIMS", "claims_table",
-    "claims_paragraph",
+    "claims_paragraph", "seeded_score_table", "seed_values",
 ]
 
 #: The metrics of the main table: mAP, and CF1 / OF1 at threshold 0.5 and at top-3 (SPEC §8).
@@ -585,3 +585,49 @@ def claims_paragraph(claims: pd.DataFrame, *, n_test: Mapping[str, int] | None =
         lines.append(f"- *{protocol} stamps* ({k} seed{'s' if k > 1 else ''}{n}): " + "; ".join(said) + ".")
     lines.append("View dependency and class bias are measured by notebooks 01 and 02.")
     return "\n".join(lines) + "\n"
+
+
+def seeded_score_table(scores: Mapping[str, Sequence[np.ndarray]], labels: np.ndarray, *,
+                       reference: str | None = None, n_resamples: int = 2000, confidence: float = 0.95,
+                       seed: int = 0) -> pd.DataFrame:
+    """Seeds and intervals for any set of rows (Fig. 3's label sets, the ablations' runs): one row per key of
+    ``scores`` (``{key: [(N_test, C) test probabilities of each seed]}``, in that order).
+
+    Columns: ``key, n_seeds, mAP, mAP_sd`` (mean and sample sd over seeds of each seed's mAP; sd NaN for one
+    seed), ``mAP_seedavg, mAP_lo, mAP_hi`` (mAP of the seed-averaged probabilities with its bootstrap interval)
+    and, with a ``reference`` key, ``delta, delta_lo, delta_hi``: the paired-bootstrap difference
+    ``mAP(row) - mAP(reference)`` of the seed-averaged probabilities (0 with a zero-width interval on the
+    reference's own row). Every row uses the same resamples of the test images.
+    """
+    from .metrics import mean_average_precision
+    from .stats import bootstrap_map, paired_bootstrap_difference, seed_averaged_scores, seed_mean_sd
+    y = np.asarray(labels)
+    if reference is not None and reference not in scores:
+        raise ValueError(f"reference {reference!r} is not one of the rows {list(scores)}")
+    avg = {}
+    for k, arrs in scores.items():
+        arrs = [np.asarray(a) for a in arrs]
+        if not arrs or any(a.shape != y.shape for a in arrs):
+            raise ValueError(f"{k}: test scores {[a.shape for a in arrs]} must each match the test labels {y.shape}")
+        avg[k] = seed_averaged_scores(arrs)
+    rows = []
+    for k, arrs in scores.items():
+        mean, sd, n = seed_mean_sd([mean_average_precision(np.asarray(a, np.float64), y).map for a in arrs])
+        iv = bootstrap_map(avg[k], y, n_resamples=n_resamples, confidence=confidence, seed=seed)
+        row = {"key": k, "n_seeds": n, "mAP": mean, "mAP_sd": sd, "mAP_seedavg": iv.estimate, "mAP_lo": iv.lo,
+               "mAP_hi": iv.hi}
+        if reference is not None:
+            d = paired_bootstrap_difference(avg[k], avg[reference], y, n_resamples=n_resamples,
+                                            confidence=confidence, seed=seed)
+            row.update(delta=d.estimate, delta_lo=d.lo, delta_hi=d.hi)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seed_values(runs: Iterable[SeedRun], *, rule: str = "gt_free", metric: str = "mAP") -> pd.DataFrame:
+    """Every trained run's test ``metric`` under ``rule``, one row per run: ``protocol, method, seed, <metric>``
+    (the single seeds behind :func:`seeded_main_table`'s means, for plotting)."""
+    rows = [{"protocol": r.protocol, "method": method_label(_method_key(r.result)), "seed": r.seed,
+             metric: float(r.result["selected"][rule]["metrics"][metric])}
+            for r in runs if rule in r.result["selected"]]
+    return pd.DataFrame(rows, columns=["protocol", "method", "seed", metric])

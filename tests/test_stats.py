@@ -168,3 +168,18 @@ def test_test_scores_round_trip(tmp_path):
     assert set(back) == set(scores) and np.allclose(back["gt_free"], scores["gt_free"], atol=1e-7)
     assert load_test_scores(tmp_path / "result.json")["zero_shot"].shape == (5, 3)
     assert load_test_scores(tmp_path / "missing") == {}
+
+
+def test_difference_half_width_shrinks_with_n_like_one_over_sqrt_n():
+    rng = np.random.default_rng(12)
+    y = (rng.random((800, 6)) < 0.3).astype(int)
+    a, b = y + rng.normal(0, 0.7, y.shape), y + rng.normal(0, 0.9, y.shape)
+    df = stats.difference_half_width_by_n(a, b, y, sizes=(100, 400, 800), n_subsets=3, n_resamples=300)
+    assert list(df["n"]) == [100, 400, 800]
+    hw = df["half_width"].to_numpy()
+    assert hw[0] > hw[1] > hw[2] > 0
+    assert hw[0] / hw[2] == pytest.approx(np.sqrt(8), rel=0.35)            # ~ 1/sqrt(n)
+    full = stats.paired_bootstrap_difference(a, b, y, n_resamples=300)
+    assert hw[2] == pytest.approx(full.half_width) and df["half_width_sqrt_scaled"].iloc[2] == pytest.approx(hw[2])
+    with pytest.raises(ValueError, match="sizes"):
+        stats.difference_half_width_by_n(a, b, y, sizes=(900,))

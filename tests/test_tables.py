@@ -319,3 +319,27 @@ def test_claims_paragraph_opens_the_reports_readme(tmp_path):
     assert readme.index("CCD beats CDUL holds") < readme.index("## 04_main_table")
     assert readme.startswith("# Reports\n\n**What holds here**")
     assert "CCD beats CDUL holds, +3.0 mAP" in (tmp_path / "index.html").read_text()
+
+
+def test_seeded_score_table_against_the_stats_functions():
+    from ccdlib.metrics import mean_average_precision
+    from ccdlib.stats import bootstrap_map, paired_bootstrap_difference
+    from ccdlib.tables import seeded_score_table
+    rng = np.random.default_rng(3)
+    y = (rng.random((90, 4)) < 0.3).astype(int)
+    a = [y + rng.normal(0, 0.5, y.shape) for _ in range(3)]
+    b = [y + rng.normal(0, 1.0, y.shape)]
+    df = seeded_score_table({"default": a, "other": b}, y, reference="default", n_resamples=200, seed=1)
+    maps = [mean_average_precision(s, y).map for s in a]
+    d0 = df.iloc[0]
+    assert (d0["n_seeds"], d0["mAP"]) == (3, pytest.approx(np.mean(maps)))
+    assert d0["mAP_sd"] == pytest.approx(np.std(maps, ddof=1))
+    assert (d0["delta"], d0["delta_lo"], d0["delta_hi"]) == (0.0, 0.0, 0.0)   # the reference against itself
+    iv = bootstrap_map(np.mean(a, axis=0), y, n_resamples=200, seed=1)
+    assert (d0["mAP_seedavg"], d0["mAP_lo"], d0["mAP_hi"]) == pytest.approx((iv.estimate, iv.lo, iv.hi))
+    d = paired_bootstrap_difference(b[0], np.mean(a, axis=0), y, n_resamples=200, seed=1)
+    d1 = df.iloc[1]
+    assert math.isnan(d1["mAP_sd"]) and (d1["delta"], d1["delta_lo"], d1["delta_hi"]) == pytest.approx(
+        (d.estimate, d.lo, d.hi))
+    with pytest.raises(ValueError, match="reference"):
+        seeded_score_table({"a": a}, y, reference="missing")
