@@ -23,6 +23,9 @@ from .runs import (Context, RunResult, global_probabilities, grid_probabilities,
                    select_checkpoints, view_probabilities)
 from .runs import TrainingState, check_inputs_unchanged, check_writable, input_fingerprint  # issue 11
 from .errors import OutputError  # issue 11
+from .runs import load_test_scores, run_with_test_scores, save_test_scores
+from .stats import (Interval, bootstrap_map, bootstrap_metric, paired_bootstrap_difference, seed_averaged_scores,
+                    seed_mean_sd)
 from .scoring import embed_views, score_views
 from .student import CAMStudent, StudentConfig, build_student, cam_to_logits, load_student_checkpoint
 from .trainer import StudentTrainer

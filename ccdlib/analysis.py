@@ -313,7 +313,8 @@ def train_student_on_labels(ctx: Context, labels: np.ndarray, epochs: int | None
     (default ``ctx.cfg.epochs``; alpha 1 in epoch 0, then ``coeff``) and evaluate its last epoch on the test split
     (the ``last`` selection rule: no ground truth is read to pick the epoch).
 
-    Returns ``{"test": evaluate(...) of the test sigmoid outputs, "losses": per-epoch mean training loss}``.
+    Returns ``{"test": evaluate(...) of the test sigmoid outputs, "losses": per-epoch mean training loss,
+    "test_scores": the (N_test, C) test sigmoid outputs}``.
     """
     epochs = ctx.cfg.epochs if epochs is None else int(epochs)
     trainer = StudentTrainer(replace(ctx.cfg.student, seed=ctx.cfg.seed), ctx.train.image_paths,
@@ -322,7 +323,8 @@ def train_student_on_labels(ctx: Context, labels: np.ndarray, epochs: int | None
     losses = [trainer.fit_epoch(y, alpha=alpha_for(e, ctx.cfg.student.coeff), consistency=consistency)["loss"]
               for e in range(epochs)]
     test_prob = 1.0 / (1.0 + np.exp(-trainer.predict_logits(ctx.test.image_paths)))
-    return {"test": evaluate(test_prob, ctx.test.labels, class_names=list(ctx.test.class_ids)), "losses": losses}
+    return {"test": evaluate(test_prob, ctx.test.labels, class_names=list(ctx.test.class_ids)), "losses": losses,
+            "test_scores": test_prob}
 
 
 def compare_label_sets(ctx: Context, label_sets: dict[str, LabelSet], *, epochs: int | None = None,

@@ -37,7 +37,8 @@ __all__ = [
     "Context", "make_context", "load_data", "global_probabilities", "grid_probabilities", "view_probabilities",
     "pseudo_label_quality", "select_checkpoints", "RunResult", "run_teacher_global", "run_cdul", "run_ccd",
     "run_supervised", "run", "RUNNERS", "input_fingerprint", "check_inputs_unchanged", "check_writable",
-    "check_splits", "TrainingState", "discard_training_state",
+    "check_splits", "TrainingState", "discard_training_state", "TEST_SCORES_FILE", "save_test_scores", "load_test_scores",
+    "run_with_test_scores",
 ]
 
 
@@ -650,8 +651,38 @@ def save_result(result: RunResult, out_dir: str | Path, *, checkpoints: bool = T
         buf = io.BytesIO()
         np.savez_compressed(buf, **result.stage_labels)
         atomic_write_bytes(d / "pseudo_labels.npz", buf.getvalue())
+    save_test_scores(result, d)
     atomic_write_text(d / "result.json", json.dumps(_jsonify(result.to_json()), indent=1))  # last: marks "done"
     return d
+
+
+#: File beside ``result.json`` holding the test probabilities ``(N_test, C)`` of every selected rule.
+TEST_SCORES_FILE = "test_scores.npz"
+
+
+def save_test_scores(result: RunResult, run_dir: str | Path) -> Path | None:
+    """Write ``run_dir/test_scores.npz``: one ``(N_test, C)`` float32 array of test probabilities per selection
+    rule (``last``, ``gt_free``, ``gt_best``, ``zero_shot``), in the test split's image order, so intervals
+    (:mod:`ccdlib.stats`) can be computed from finished runs. Atomic; ``None`` when the run kept no scores."""
+    if not result.test_scores:
+        return None
+    import io
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: np.asarray(v, np.float32) for k, v in result.test_scores.items()})
+    p = Path(run_dir) / TEST_SCORES_FILE
+    atomic_write_bytes(p, buf.getvalue())
+    return p
+
+
+def load_test_scores(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """The per-rule test probabilities ``{rule: (N_test, C) float32}`` saved by :func:`save_test_scores`
+    (``run_dir``: ``out_dir/<run name>`` or its ``result.json``); ``{}`` for a run saved without them."""
+    d = Path(run_dir)
+    p = (d.parent if d.name == "result.json" else d) / TEST_SCORES_FILE
+    if not p.exists():
+        return {}
+    with np.load(p) as z:
+        return {k: z[k] for k in z.files}
 
 
 def load_result(path: str | Path) -> dict:
@@ -715,3 +746,15 @@ def run(cfg: RunConfig, *, ctx: Context | None = None, force: bool = False, save
             raise OutputError(f"cannot write results to {out}: {e.strerror or e}{kept}") from None
         discard_training_state(state_dir)
     return _jsonify(result.to_json())
+
+
+def run_with_test_scores(cfg: RunConfig, *, ctx: Context | None = None, force: bool = False
+                         ) -> tuple[dict, dict[str, np.ndarray]]:
+    """:func:`run`, then its per-rule test probabilities (:func:`load_test_scores`); a run finished before test
+    scores were saved is run again (once) so that intervals can be computed from it."""
+    res = run(cfg, ctx=ctx, force=force)
+    scores = load_test_scores(Path(cfg.out_dir) / cfg.name)
+    if not scores:
+        res = run(cfg, ctx=ctx, force=True)
+        scores = load_test_scores(Path(cfg.out_dir) / cfg.name)
+    return res, scores

@@ -21,7 +21,7 @@ PARAMS = sorted((NOTEBOOKS / "params").glob("*.yaml"))
 #: Keys read by notebooks only (``out_dir`` is also a RunConfig key, but a notebook's out_dir is its reports
 #: folder; runs go to ``out_dir/runs``).
 NOTEBOOK_KEYS = {"out_dir", "n_examples", "force", "ablation_switches", "ablation_r", "ablation_offset",
-                 "ablation_bound", "ablation_box_rule"}
+                 "ablation_bound", "ablation_box_rule", "seeds", "stamp_protocols", "n_bootstrap"}
 
 #: Parameter names shared by all notebooks (a notebook that uses one of these settings uses this name).
 SHARED = {"out_dir", "cache_dir", "data_kind", "data_root", "data_n_train", "data_n_test", "teacher_backend",
@@ -97,3 +97,15 @@ def test_papermill_parses_every_parameter_line(path, caplog):
         parsed = [p.name for p in PythonTranslator.inspect({"source": src})]
     assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()]
     assert parsed == assigned
+
+
+def test_default_params_run_seeds_and_both_stamp_protocols():
+    data = yaml.safe_load((NOTEBOOKS / "params" / "default.yaml").read_text())
+    assert data["seeds"] == [0, 1, 2] and data["stamp_protocols"] == ["disjoint", "shared"]
+    for protocol in data["stamp_protocols"]:           # each protocol is a valid data.stamps
+        assert run_config_from_params(config_params(data), data_stamps=protocol).data.stamps == protocol
+    for name in ("03_local_views", "04_main_table", "05_ablations"):   # the notebooks that loop over seeds
+        cell = next(c for c in json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())["cells"]
+                    if "parameters" in c["metadata"].get("tags", []))
+        values = {n.target.id: ast.literal_eval(n.value) for n in ast.parse("".join(cell["source"])).body}
+        assert values["seeds"] == [0] and values["n_bootstrap"] <= 500, name   # nbval defaults stay small

@@ -10,7 +10,7 @@ from ccdlib.pseudolabels import ccd_initial_pseudo_labels, cdul_initial_pseudo_l
 from ccdlib.tables import (PSEUDO_LABELS_FILE, Ablation, ablation_grid, ablation_table, config_params,
                            dataset_columns, epoch_curves, flat_config_keys, initial_stage_labels, load_stage_labels,
                            main_table, per_class_stage_ap, published_numbers, selected_epochs,
-                           selection_rules_table, stage_quality_table)
+                           seeded_main_table, selection_rules_table, stage_quality_table)
 
 
 def _metrics(m, cf1=10.0, of1=20.0):
@@ -215,3 +215,131 @@ def test_flat_config_keys_and_config_params():
     ns = {"epochs": 4, "ccd_r": 0.5, "out_dir": "x", "n_examples": 3, "pd": pd, "ablation_r": [0.2]}
     assert config_params(ns) == {"epochs": 4, "ccd_r": 0.5}
     assert config_params(ns, exclude=()) == {"epochs": 4, "ccd_r": 0.5, "out_dir": "x"}
+
+
+# --------------------------------------------------------------------------------------------- seeds and intervals
+def _seed_case(n=120, c=5, seeds=(0, 1, 2)):
+    """Hand-made multi-seed runs on one test split: CCD = truth + small noise, CDUL = noisier, the teacher's
+    zero-shot noisier still; every seed its own noise."""
+    from ccdlib.tables import SeedRun
+    rng = np.random.default_rng(0)
+    y = (rng.random((n, c)) < 0.3).astype(int)
+    zero = y + rng.normal(0, 1.5, y.shape)
+    runs = []
+    for s in seeds:
+        r = np.random.default_rng(100 + s)
+        ccd, cdul, glob = (y + r.normal(0, sd, y.shape) for sd in (0.4, 0.9, 1.2))
+        for method, sc, m in (("ccd", ccd, 50.0 + s), ("cdul", cdul, 40.0 + 2 * s), ("teacher_global", glob, 30.0)):
+            res = _result(method, (3, m), (2, m), (1, m), zero_shot=25.0 if method == "teacher_global" else None)
+            res["name"] = f"{method}_s{s}"
+            scores = {"gt_free": sc, "last": sc, "gt_best": sc}
+            if method == "teacher_global":
+                scores["zero_shot"] = zero
+            runs.append(SeedRun("disjoint", s, res, scores))
+    return runs, y
+
+
+def test_seeded_main_table_means_sds_intervals_and_differences():
+    from ccdlib.stats import bootstrap_map, paired_bootstrap_difference, seed_averaged_scores
+    runs, y = _seed_case()
+    df = seeded_main_table(runs, {"disjoint": y}, n_resamples=300, seed=4)
+    assert list(df["method"]) == ["teacher zero-shot (global)", "student on teacher-global labels", "CDUL", "CCD"]
+    assert list(df["n_seeds"]) == [1, 3, 3, 3] and list(df["selection"]) == ["zero_shot"] + ["gt_free"] * 3
+    ccd = df[df["key"] == "ccd"].iloc[0]
+    assert (ccd["mAP"], ccd["mAP_sd"]) == (51.0, 1.0)                    # mean and sd of 50, 51, 52
+    cdul = df[df["key"] == "cdul"].iloc[0]
+    assert (cdul["mAP"], cdul["mAP_sd"]) == (42.0, 2.0) and cdul["seeds"] == "0,1,2"
+    assert math.isnan(df.iloc[0]["mAP_sd"]) and df.iloc[0]["mAP"] == 25.0   # zero-shot: no seed spread
+    # the interval columns are the stats functions on the seed-averaged scores, same resamples
+    avg = {k: seed_averaged_scores([r.scores["gt_free"] for r in runs if r.result["method"] == k])
+           for k in ("ccd", "cdul")}
+    iv = bootstrap_map(avg["cdul"], y, n_resamples=300, seed=4)
+    d = paired_bootstrap_difference(avg["ccd"], avg["cdul"], y, n_resamples=300, seed=4)
+    assert (cdul["mAP_seedavg"], cdul["mAP_lo"], cdul["mAP_hi"]) == pytest.approx((iv.estimate, iv.lo, iv.hi))
+    assert (cdul["CCD_minus_row"], cdul["CCD_minus_row_lo"], cdul["CCD_minus_row_hi"]) == pytest.approx(
+        (d.estimate, d.lo, d.hi))
+    assert cdul["CCD_minus_row_lo"] > 0                                   # CCD's scores are much better here
+    assert math.isnan(ccd["CCD_minus_row"])                               # no difference to itself
+    zs = df.iloc[0]
+    assert zs["mAP_seedavg"] == pytest.approx(mean_average_precision_of(runs[2].scores["zero_shot"], y))
+
+
+def mean_average_precision_of(s, y):
+    from ccdlib.metrics import mean_average_precision
+    return mean_average_precision(s, y).map
+
+
+def test_seeded_main_table_protocol_groups_and_errors():
+    from ccdlib.tables import SeedRun, protocol_columns
+    runs, y = _seed_case(seeds=(0,))
+    shared = [SeedRun("shared", r.seed, r.result, r.scores) for r in runs]
+    df = seeded_main_table(runs + shared, {"disjoint": y, "shared": y}, n_resamples=100)
+    assert list(dict.fromkeys(df["protocol"])) == ["disjoint", "shared"]
+    assert math.isnan(df[df["key"] == "ccd"].iloc[0]["mAP_sd"])          # one seed: sd NaN, not 0
+    wide = protocol_columns(df)
+    assert len(wide) == 4 and "disjoint: mAP" in wide and "shared: CCD - row [95% CI]" in wide
+    cdul = wide[wide["method"] == "CDUL"].iloc[0]
+    assert cdul["disjoint: mAP"] == "40.0" and cdul["disjoint: seeds"] == "1"
+    assert cdul["shared: CCD - row [95% CI]"].startswith("+")
+    with pytest.raises(ValueError, match="protocol"):
+        seeded_main_table(runs, {"shared": y}, n_resamples=10)
+    with pytest.raises(ValueError, match="test split|match"):
+        seeded_main_table(runs, {"disjoint": y[:-1]}, n_resamples=10)
+    dup = runs + [runs[0]]
+    with pytest.raises(ValueError, match="seed 0"):
+        seeded_main_table(dup, {"disjoint": y}, n_resamples=10)
+
+
+def test_claims_table_and_paragraph():
+    from ccdlib.tables import claims_paragraph, claims_table
+    runs, y = _seed_case()
+    c = claims_table(runs, {"disjoint": y}, n_resamples=300)
+    assert list(c["a"]) == ["CCD", "CDUL", "CCD", "CCD"]                  # claims of methods not run are skipped
+    first = c.iloc[0]
+    assert first["verdict"] == "holds" and first["diff_lo"] > 0 and first["n_seeds_a"] == 3
+    assert first["diff"] == pytest.approx(first["mAP_a"] - first["mAP_b"])
+    # a claim the data reverse: the global student "beats" CCD
+    rev = claims_table(runs, {"disjoint": y}, claims=[("global beats CCD", "teacher_global", "ccd")], n_resamples=300)
+    assert rev.iloc[0]["verdict"] == "reversed"
+    text = claims_paragraph(c, n_test={"disjoint": len(y)})
+    assert "*disjoint stamps* (3 seeds, 120 test images)" in text
+    assert f"{first['diff']:+.1f} mAP [{first['diff_lo']:+.1f}, {first['diff_hi']:+.1f}]" in text
+    assert "CCD beats CDUL holds" in text
+    assert claims_paragraph(c.iloc[:0]) == ""
+
+
+def test_claims_paragraph_opens_the_reports_readme(tmp_path):
+    from ccdlib.report import CLAIMS_FILE, Reporter, build_index
+    rep = Reporter(tmp_path, notebook="04_main_table")
+    rep.save_table(pd.DataFrame({"method": ["CCD"], "mAP": [50.0]}), "main_table")
+    rep.save_claims("**What holds here**: CCD beats CDUL holds, +3.0 mAP [+1.0, +5.0].\n")
+    assert (tmp_path / CLAIMS_FILE).read_text().startswith("**What holds here**")
+    build_index(tmp_path, render_html=False)
+    readme = (tmp_path / "README.md").read_text()
+    assert readme.index("CCD beats CDUL holds") < readme.index("## 04_main_table")
+    assert readme.startswith("# Reports\n\n**What holds here**")
+    assert "CCD beats CDUL holds, +3.0 mAP" in (tmp_path / "index.html").read_text()
+
+
+def test_seeded_score_table_against_the_stats_functions():
+    from ccdlib.metrics import mean_average_precision
+    from ccdlib.stats import bootstrap_map, paired_bootstrap_difference
+    from ccdlib.tables import seeded_score_table
+    rng = np.random.default_rng(3)
+    y = (rng.random((90, 4)) < 0.3).astype(int)
+    a = [y + rng.normal(0, 0.5, y.shape) for _ in range(3)]
+    b = [y + rng.normal(0, 1.0, y.shape)]
+    df = seeded_score_table({"default": a, "other": b}, y, reference="default", n_resamples=200, seed=1)
+    maps = [mean_average_precision(s, y).map for s in a]
+    d0 = df.iloc[0]
+    assert (d0["n_seeds"], d0["mAP"]) == (3, pytest.approx(np.mean(maps)))
+    assert d0["mAP_sd"] == pytest.approx(np.std(maps, ddof=1))
+    assert (d0["delta"], d0["delta_lo"], d0["delta_hi"]) == (0.0, 0.0, 0.0)   # the reference against itself
+    iv = bootstrap_map(np.mean(a, axis=0), y, n_resamples=200, seed=1)
+    assert (d0["mAP_seedavg"], d0["mAP_lo"], d0["mAP_hi"]) == pytest.approx((iv.estimate, iv.lo, iv.hi))
+    d = paired_bootstrap_difference(b[0], np.mean(a, axis=0), y, n_resamples=200, seed=1)
+    d1 = df.iloc[1]
+    assert math.isnan(d1["mAP_sd"]) and (d1["delta"], d1["delta_lo"], d1["delta_hi"]) == pytest.approx(
+        (d.estimate, d.lo, d.hi))
+    with pytest.raises(ValueError, match="reference"):
+        seeded_score_table({"a": a}, y, reference="missing")
