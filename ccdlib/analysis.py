@@ -8,6 +8,8 @@ figure need beyond the method itself. Notebooks call these and plot; nothing her
   :func:`local_view_label_sets`, :func:`train_student_on_labels`, :func:`compare_label_sets`.
 - Qualitative (notebook 07): :func:`ccd_warmup`, :func:`explain_label_update`, :func:`example_updates_table`,
   :func:`cam_heatmap`, :func:`box_to_image`.
+- CAM crops vs tiles (notebook 06): :func:`box_iou`, :func:`crop_hits`, :func:`crop_summary`,
+  :func:`crop_diagnostics`.
 
 Shapes: ``N`` images, ``C`` classes, ``K`` tiles per image, ``M`` views (crops) over all images. Probabilities
 are the teacher's (SPEC §2) unless said otherwise; percentages are x100.
@@ -37,6 +39,7 @@ __all__ = [
     "debiasing_effect", "random_box_views", "max_over_views", "LabelSet", "LOCAL_VIEW_KINDS", "local_view_label_sets",
     "train_student_on_labels", "compare_label_sets", "WarmupState", "ccd_warmup", "ExampleUpdate",
     "explain_label_update", "example_updates_table", "cam_heatmap", "box_to_image",
+    "box_iou", "crop_hits", "crop_summary", "crop_diagnostics",
 ]
 
 
@@ -475,4 +478,101 @@ def example_updates_table(examples: Sequence[ExampleUpdate], labels: np.ndarray,
                          "student_prob": 100 * float(e.student_probs[c]), "p_global": 100 * float(e.p_global[c]),
                          "y_prev": 100 * float(e.y_prev[c]), "y_local": 100 * float(e.y_local[c]),
                          "y_updated": 100 * float(e.y_updated[c])})
+    return pd.DataFrame(rows)
+
+
+# ============================================================================================ CAM crops vs tiles
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of boxes ``[x0, y0, x1, y1]`` (x1, y1 exclusive): ``(M, 4), (K, 4) -> (M, K)``."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = w * h
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def crop_hits(views: Sequence[View], owners: np.ndarray, boxes: Sequence[np.ndarray]) -> pd.DataFrame:
+    """Per crop, how it sits on the image's true objects: one row per view with ``image``, ``class``,
+    ``class_present`` (the crop's class is in the image), ``iou_own`` (best IoU with an object *of its class*, 0 when
+    none) and ``iou_any`` (best IoU with any object).
+
+    ``views`` ``M`` crops in image pixels, ``owners (M, 2)`` their ``(image, class)``, ``boxes`` per image a
+    ``(K_i, 5)`` array ``[class, x0, y0, x1, y1]`` (``MultiLabelDataset.boxes``)."""
+    rows = []
+    owners = np.asarray(owners, dtype=np.int64).reshape(-1, 2)
+    for v, (i, c) in zip(views, owners):
+        b = np.asarray(boxes[int(i)], dtype=np.float64).reshape(-1, 5)
+        iou = box_iou(np.asarray(v.box)[None], b[:, 1:])[0] if len(b) else np.zeros(0)
+        own = b[:, 0] == c
+        rows.append({"image": int(i), "class": int(c), "class_present": bool(own.any()),
+                     "iou_own": float(iou[own].max()) if own.any() else 0.0,
+                     "iou_any": float(iou.max()) if len(iou) else 0.0})
+    return pd.DataFrame(rows, columns=["image", "class", "class_present", "iou_own", "iou_any"])
+
+
+def crop_summary(views: Sequence[View], owners: np.ndarray, boxes: Sequence[np.ndarray], *,
+                 iou: float = 0.5) -> dict[str, float]:
+    """What a set of local views is worth as object views (percentages x100):
+
+    - ``views_per_image``, ``objects_per_image`` (over all ``N = len(boxes)`` images);
+    - ``class_precision``: crops whose class is in the image (what the class selection, tau, got right);
+    - ``on_own_object``: crops with IoU >= ``iou`` with a true object of their class;
+    - ``on_any_object``: crops with IoU >= ``iou`` with any true object (for class-free views such as tiles);
+    - ``mean_iou_own``: mean best IoU with an object of the crop's class;
+    - ``object_recall``: true objects covered (IoU >= ``iou``) by a crop of their class; for class-free views
+      (``owners[:, 1] < 0``) by any view.
+    """
+    hits = crop_hits(views, owners, boxes)
+    n = len(boxes)
+    objects = sum(len(np.asarray(b).reshape(-1, 5)) for b in boxes)
+    covered = 0
+    owners = np.asarray(owners, dtype=np.int64).reshape(-1, 2)
+    for i, b in enumerate(boxes):
+        b = np.asarray(b, dtype=np.float64).reshape(-1, 5)
+        m = np.flatnonzero(owners[:, 0] == i)
+        if not len(b) or not len(m):
+            continue
+        ious = box_iou(np.asarray([views[k].box for k in m]), b[:, 1:])       # (m, K)
+        same = (owners[m, 1][:, None] == b[None, :, 0]) | (owners[m, 1][:, None] < 0)
+        covered += int(((ious >= iou) & same).any(axis=0).sum())
+    has = len(hits) > 0
+    return {"views_per_image": len(hits) / max(n, 1), "objects_per_image": objects / max(n, 1),
+            "class_precision": 100 * float(hits.class_present.mean()) if has else float("nan"),
+            "on_own_object": 100 * float((hits.iou_own >= iou).mean()) if has else float("nan"),
+            "on_any_object": 100 * float((hits.iou_any >= iou).mean()) if has else float("nan"),
+            "mean_iou_own": float(hits.iou_own.mean()) if has else float("nan"),
+            "object_recall": 100 * covered / max(objects, 1)}
+
+
+def crop_diagnostics(state: WarmupState, *, offsets: Sequence[float] = (0.0, 80.0, 160.0), grid: int = 3,
+                     iou: float = 0.5) -> pd.DataFrame:
+    """Where CCD's CAM crops land, and what limits them, on the training split (no teacher call: boxes only).
+
+    From the student's CAMs at the update epoch (``state``, :func:`ccd_warmup`), one row per (class selection,
+    offset): ``selection`` = ``"tau"`` (the calibrated threshold, what CCD does) or ``"ground truth"`` (the image's
+    true classes: isolates the CAMs' localisation from the class selection), ``offset`` in pixels of the
+    ``resolution`` grid; plus one row for the ``grid x grid`` tiles CDUL scores. Columns: :func:`crop_summary`'s,
+    ``selection``, ``offset``, ``tau``. The config's own offset and box rule are used for the rest.
+    """
+    ctx, c = state.ctx, state.ctx.cfg.ccd
+    ds = ctx.train
+    sizes = ctx.image_sizes("train")
+    cams = state.trainer.cams(indices=np.arange(len(ds)))
+    rows = []
+    for name, selected in (("tau", state.selected), ("ground truth", ds.labels.astype(bool))):
+        for off in offsets:
+            views, owners = cam_boxes(cams, selected, sizes, offset=off, resolution=c.resolution,
+                                      threshold=c.cam_threshold, box_rule=c.box_rule)
+            rows.append({"views": "CAM crops", "selection": name, "offset": float(off),
+                         "tau": state.tau if name == "tau" else float("nan"),
+                         **crop_summary(views, owners, ds.boxes, iou=iou)})
+    tiles = grid_views(sizes, grid)
+    owners = np.stack([np.asarray([v.image for v in tiles]), -np.ones(len(tiles), dtype=np.int64)], axis=1)
+    summary = crop_summary(tiles, owners, ds.boxes, iou=iou)
+    summary.update(class_precision=float("nan"), on_own_object=float("nan"), mean_iou_own=float("nan"))
+    rows.append({"views": f"{grid}x{grid} tiles", "selection": "-", "offset": float("nan"), "tau": float("nan"),
+                 **summary})
     return pd.DataFrame(rows)

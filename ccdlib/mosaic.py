@@ -12,6 +12,18 @@ The class set is data: ``ccdlib/data/mosaic_classes.yaml`` maps each class id to
 stamp folders and optional include/exclude lists, and lists the background photos kept. Stamps of each
 class are split into disjoint train and test pools (:func:`split_pools`); backgrounds are shared.
 
+Two stamp protocols (``stamps``, :data:`STAMP_PROTOCOLS`):
+
+* ``"disjoint"`` (default): train and test mosaics draw from the disjoint pools, so every test object is a
+  photo never seen in training (the student must generalise from ~7 photos per class).
+* ``"shared"``: both splits draw from every usable stamp of a class (the union of the two pools), so test
+  mosaics show the same object photos as training, in new scenes: other backgrounds, positions, scales,
+  flips and partners (each image has its own random stream, so no test image repeats a training one).
+
+The protocol is a build parameter: it is recorded in ``mosaic.json`` (``params.stamps`` and the ``pools``
+actually used) and a shared-stamp set gets its own default folder (suffix ``-shared``), so sets built with
+different protocols never collide.
+
 Output layout (Pascal VOC, readable by :func:`ccdlib.readers.read_voc` with the set's own class list)::
 
     <out>/JPEGImages/<id>.jpg            # image_size x image_size RGB, JPEG quality 95
@@ -79,6 +91,8 @@ __all__ = [
     "find_tuxpaint",
     "list_stamps",
     "split_pools",
+    "protocol_pools",
+    "STAMP_PROTOCOLS",
     "build_mosaics",
     "read_mosaic",
     "embedded_dataset",
@@ -99,6 +113,7 @@ MAX_OCCLUSION = 0.3         # a new stamp may hide at most this fraction of an e
 PLACEMENT_TRIES = 20        # random positions tried per stamp before taking the least occluding one
 TEST_EVERY = 3              # every 3rd stamp of a class (sorted by path) goes to the test pool
 SPLITS: tuple[str, ...] = ("train", "test")
+STAMP_PROTOCOLS: tuple[str, ...] = ("disjoint", "shared")
 
 _BOX = tuple[int, int, int, int]
 
@@ -395,6 +410,22 @@ def split_pools(
     return pools
 
 
+def protocol_pools(pools: dict[str, dict[str, list[str]]], stamps: str = "disjoint"
+                   ) -> dict[str, dict[str, list[str]]]:
+    """The stamp pools each split draws from under a stamp protocol (see the module docstring).
+
+    ``pools``: :func:`split_pools`'s disjoint train/test pools. ``"disjoint"`` returns them unchanged;
+    ``"shared"`` gives both splits, per class, the sorted union of the two pools. Raises
+    :class:`DatasetError` for an unknown protocol.
+    """
+    if stamps not in STAMP_PROTOCOLS:
+        raise DatasetError(f"stamps={stamps!r}: the stamp protocol must be one of {list(STAMP_PROTOCOLS)}")
+    if stamps == "disjoint":
+        return pools
+    union = {cid: sorted(set(pools["train"][cid]) | set(pools["test"][cid])) for cid in pools["train"]}
+    return {split: {cid: list(names) for cid, names in union.items()} for split in SPLITS}
+
+
 # ------------------------------------------------------------------------------------- drawing
 @dataclass(frozen=True)
 class _Params:
@@ -406,6 +437,7 @@ class _Params:
     max_objects: int
     min_scale: float
     max_scale: float
+    stamps: str = "disjoint"
 
     def as_dict(self, spec: MosaicSpec) -> dict:
         d = dict(self.__dict__)
@@ -425,6 +457,8 @@ def _check_params(p: _Params, num_classes: int) -> None:
             f"{num_classes} (the number of classes)")
     if not 0.0 < p.min_scale <= p.max_scale <= 1.0:
         raise DatasetError(f"min_scale={p.min_scale}, max_scale={p.max_scale}: need 0 < min <= max <= 1")
+    if p.stamps not in STAMP_PROTOCOLS:
+        raise DatasetError(f"stamps={p.stamps!r}: the stamp protocol must be one of {list(STAMP_PROTOCOLS)}")
 
 
 def _resize_rgba(stamp: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -645,6 +679,7 @@ def build_mosaics(
     max_objects: int = 4,
     min_scale: float = 0.25,
     max_scale: float = 0.5,
+    stamps: str = "disjoint",
     source: str | Path | None = None,
     classes_file: str | Path | None = None,
     progress: bool = True,
@@ -657,13 +692,15 @@ def build_mosaics(
             parameters is refused (the message names the differing parameters) unless ``rebuild``; an
             existing non-empty folder without ``mosaic.json`` is refused. Nothing the builder did not
             write is ever deleted: a set holding other files is refused even with ``rebuild``.
-        n_train, n_test: number of mosaics per split (train stamps and test stamps never overlap).
+        n_train, n_test: number of mosaics per split (``stamps="disjoint"``: train and test stamps never overlap).
         seed: the seed of every random choice.
         image_size: side of the square images, in pixels.
         min_objects, max_objects: number of objects per image, drawn uniformly; their classes are
             distinct and drawn uniformly.
         min_scale, max_scale: the longer side of each object, as a fraction of ``image_size``, drawn
             uniformly.
+        stamps: the stamp protocol: ``"disjoint"`` (train and test stamps never overlap) or ``"shared"``
+            (both splits draw from every stamp: the same object photos in new scenes); see the module docstring.
         source: a ``usr/share/tuxpaint`` folder; default :func:`find_tuxpaint` (may download).
         classes_file: the class-set YAML; default :data:`DEFAULT_CLASSES_FILE`.
         progress: show a tqdm bar and print when a build is reused.
@@ -674,7 +711,7 @@ def build_mosaics(
     """
     spec = load_mosaic_spec(classes_file)
     p = _Params(int(n_train), int(n_test), int(seed), int(image_size), int(min_objects),
-                int(max_objects), float(min_scale), float(max_scale))
+                int(max_objects), float(min_scale), float(max_scale), str(stamps))
     _check_params(p, len(spec.classes))
     params = p.as_dict(spec)
     out_dir = Path(out_dir)
@@ -706,7 +743,7 @@ def build_mosaics(
     if not _has_assets(src):
         raise DataSetupError(f"{src} holds no stamps/ and templates/ folders (a usr/share/tuxpaint folder)")
     stamps_root, templates = src / "stamps", src / "templates"
-    pools = split_pools(list_stamps(src, spec), spec.test)
+    pools = protocol_pools(split_pools(list_stamps(src, spec), spec.test), p.stamps)
 
     from PIL import Image
 
@@ -800,10 +837,11 @@ def read_mosaic(root: str | Path, split: str = "train") -> MultiLabelDataset:
 
 
 def default_mosaic_root(*, n_train: int = 400, n_test: int = 200, seed: int = 0, image_size: int = 448,
-                        cache_dir: str | Path | None = None) -> Path:
-    """``<cache>/mosaics/s<seed>-n<n_train>-<n_test>-<image_size>px``."""
+                        stamps: str = "disjoint", cache_dir: str | Path | None = None) -> Path:
+    """``<cache>/mosaics/s<seed>-n<n_train>-<n_test>-<image_size>px``, plus ``-shared`` for shared stamps."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return cache / "mosaics" / f"s{seed}-n{n_train}-{n_test}-{image_size}px"
+    suffix = "" if stamps == "disjoint" else f"-{stamps}"
+    return cache / "mosaics" / f"s{seed}-n{n_train}-{n_test}-{image_size}px{suffix}"
 
 
 def embedded_dataset(split: str, *, root: str | Path | None = None, n_train: int = 400, n_test: int = 200,
@@ -821,7 +859,8 @@ def embedded_dataset(split: str, *, root: str | Path | None = None, n_train: int
         raise DatasetError(f"split={split!r}: the mosaic data set has splits {list(SPLITS)}")
     if root is None:
         root = default_mosaic_root(n_train=n_train, n_test=n_test, seed=seed,
-                                   image_size=kw.get("image_size", 448), cache_dir=cache_dir)
+                                   image_size=kw.get("image_size", 448), stamps=kw.get("stamps", "disjoint"),
+                                   cache_dir=cache_dir)
         rebuild = True   # the library's own folder: a stale build there is replaced (user files never are)
     from .cache import cache_location
     with cache_location(cache_dir):   # the photo packages are fetched into the same cache
@@ -848,6 +887,8 @@ def cli_main(argv: list[str] | None = None) -> int:
                     help="smallest object size, longer side / image side (default 0.25)")
     ap.add_argument("--max-scale", type=float, default=0.5,
                     help="largest object size, longer side / image side (default 0.5)")
+    ap.add_argument("--stamps", choices=STAMP_PROTOCOLS, default="disjoint",
+                    help="stamp protocol: disjoint train/test stamps (default) or shared (new scenes)")
     ap.add_argument("--source", type=Path, default=None,
                     help="a usr/share/tuxpaint folder (default: found or fetched by find_tuxpaint)")
     ap.add_argument("--classes", type=Path, default=None, help="class-set YAML (default: the shipped one)")
@@ -862,11 +903,11 @@ def cli_main(argv: list[str] | None = None) -> int:
     try:
         with cache_location(args.cache_dir):
             out = args.out or default_mosaic_root(n_train=args.train, n_test=args.test, seed=args.seed,
-                                                  image_size=args.image_size)
+                                                  image_size=args.image_size, stamps=args.stamps)
             root = build_mosaics(
                 out, n_train=args.train, n_test=args.test, seed=args.seed, image_size=args.image_size,
                 min_objects=args.min_objects, max_objects=args.max_objects, min_scale=args.min_scale,
-                max_scale=args.max_scale, source=args.source, classes_file=args.classes,
+                max_scale=args.max_scale, stamps=args.stamps, source=args.source, classes_file=args.classes,
                 progress=args.progress, rebuild=args.rebuild or args.out is None)
     except CCDError as e:   # exit 2, as every ccdlib command documents
         print(f"error: {e}", file=sys.stderr)

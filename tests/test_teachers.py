@@ -431,3 +431,50 @@ def test_build_teacher_open_clip(tiny_configs, tmp_path):
     torch.testing.assert_close(t2.encode_images(x), t.encode_images(x), atol=0, rtol=0)
     with pytest.raises(TeacherError, match="not found"):
         build_teacher(cfg, pretrained=str(tmp_path / "missing.pt"))
+
+
+# --------------------------------------------------------------------------------------------------
+# hierarchy-aware ConSE (WordNet mass below the prompt's synset)
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def conse_hier() -> ConSETeacher:
+    from ccdlib.errors import DataSetupError
+    from ccdlib.wordnet import find_wordnet
+    try:
+        find_wordnet()
+    except DataSetupError as e:
+        pytest.skip(f"WordNet (wordnet-base) unavailable: {e}")
+    return ConSETeacher("efficientnet-lite0", hierarchy=True, device="cpu")
+
+
+def test_conse_hierarchy_score_is_cosine_plus_mass_below(conse_hier, photos):
+    """score_c = <f, t_c> + w * sum_{j below c} q_j, computed here from q, the ImageNet names and WordNet."""
+    from ccdlib.wordnet import _wordnet, find_wordnet, hierarchy_matrix, imagenet_offsets
+    t = conse_hier
+    batch = torch.stack([t.preprocess(im) for im in photos])
+    q = t.imagenet_probabilities(batch)
+    e = t.encode_images(batch)
+    f = F.normalize(q @ t._imagenet_emb, dim=-1)
+    torch.testing.assert_close(e, torch.cat([f, q], -1), atol=1e-5, rtol=0)
+    w = t.text_classifier(CLASSES)
+    plain = t._embed_prompts(CLASSES, DEFAULT_TEMPLATES)
+    below, missing = hierarchy_matrix(CLASSES, imagenet_offsets(), _wordnet(str(find_wordnet())))
+    assert "cup of coffee" in missing and "cat" not in missing and t.hierarchy_missing == missing
+    mass = q @ torch.from_numpy(below).T                               # (B, C)
+    score = f @ plain.T + ConSETeacher.HIERARCHY_WEIGHT * mass
+    torch.testing.assert_close(t.predict(e, w), torch.softmax(t.logit_scale * score, -1), atol=1e-5, rtol=0)
+    # chelsea (a tabby) puts most ImageNet mass below "cat"; none of it lies below "rocket" or "car"
+    assert mass[0, CLASSES.index("cat")] > 0.5 and mass[0, CLASSES.index("car")] < 0.05
+    assert CLASSES[int(t.predict(e, w)[0].argmax())] == "cat"
+    fp = t.fingerprint()
+    t.hierarchy = False
+    try:   # the plain teacher's cache key is unchanged; the hierarchy teacher's differs (other embeddings)
+        assert "embedding" not in t.fingerprint() and fp == {**t.fingerprint(), "embedding": fp["embedding"]}
+    finally:
+        t.hierarchy = True
+
+
+def test_conse_hierarchy_config():
+    assert TeacherConfig().conse_hierarchy is False
+    with pytest.raises(ConfigError, match="conse_hierarchy"):
+        TeacherConfig(backend="open_clip", arch="RN50", conse_hierarchy=True)
