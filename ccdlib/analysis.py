@@ -390,7 +390,8 @@ def box_to_image(box: tuple[float, float, float, float], resolution: int, size: 
 class ExampleUpdate:
     """The label update of one training image, step by step (SPEC §6.2-§6.4).
 
-    ``classes`` are the selected classes (``S`` of them); per selected class its CAM (alpha-scaled with ``ccd.cam_alpha``) (``cams (S, h, w)``), the
+    ``classes`` are the selected classes (``S`` of them); per selected class its CAM (``cams (S, h, w)``,
+    alpha-scaled with ``ccd.cam_alpha``), the
     box of the CAM's top pixels in image pixels under both rules (``boxes_minmax``/``boxes_raster``, ``None`` for a
     flat CAM) and the crop the teacher scores (``crops``: the configured rule's box grown by ``offset``, ``None``
     when there is no box) with its probabilities ``crop_probs (S, C)`` (NaN rows without crop). Labels ``(C,)``:
