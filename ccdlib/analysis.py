@@ -375,9 +375,11 @@ def ccd_warmup(ctx: Context, *, epochs: int | None = None) -> WarmupState:
     trainer = StudentTrainer(replace(ctx.cfg.student, seed=ctx.cfg.seed), ctx.train.image_paths,
                              ctx.train.num_classes, cache_dir=ctx.cache_dir, progress=False)
     for epoch in range(epochs):
-        trainer.fit_epoch(init.labels, alpha=alpha_for(epoch, ctx.cfg.student.coeff), consistency=False)
-    probs = 1.0 / (1.0 + np.exp(-trainer.predict_logits()))
-    tau = calibrate_class_threshold(probs, tau0=0.05 if c.ls else 0.001, bound=c.bound, seed=ctx.cfg.seed)
+        trainer.fit_epoch(init.labels, alpha=alpha_for(epoch, ctx.cfg.student.coeff, ctx.cfg.student.alpha_schedule),
+                          consistency=False)
+    probs = 1.0 / (1.0 + np.exp(-trainer.predict_logits(image_size=c.cam_image_size or None)))
+    tau = calibrate_class_threshold(probs, tau0=0.05 if c.ls else 0.001, bound=c.bound, seed=ctx.cfg.seed,
+                                    walk=c.tau_walk)
     return WarmupState(ctx=ctx, trainer=trainer, p_global=p_global, init=init, student_probs=probs, tau=tau,
                        selected=select_classes(probs, tau))
 
@@ -393,12 +395,13 @@ def box_to_image(box: tuple[float, float, float, float], resolution: int, size: 
 class ExampleUpdate:
     """The label update of one training image, step by step (SPEC §6.2-§6.4).
 
-    ``classes`` are the selected classes (``S`` of them); per selected class its raw CAM (``cams (S, h, w)``), the
+    ``classes`` are the selected classes (``S`` of them); per selected class its CAM (``cams (S, h, w)``,
+    alpha-scaled with ``ccd.cam_alpha``), the
     box of the CAM's top pixels in image pixels under both rules (``boxes_minmax``/``boxes_raster``, ``None`` for a
     flat CAM) and the crop the teacher scores (``crops``: the configured rule's box grown by ``offset``, ``None``
     when there is no box) with its probabilities ``crop_probs (S, C)`` (NaN rows without crop). Labels ``(C,)``:
     ``p_global`` (teacher, whole image), ``y_prev`` (debiased y0), ``y_local`` (max over crops, floored, debiased)
-    and ``y_updated`` (the mix; ``y_prev`` when the image has no crop).
+    and ``y_updated`` (the mix; with ``ccd.no_crop: keep``, ``y_prev`` when the image has no crop).
     """
 
     index: int
@@ -422,7 +425,8 @@ def explain_label_update(state: WarmupState, indices: Sequence[int]) -> list[Exa
     ctx, c = state.ctx, state.ctx.cfg.ccd
     idx = [int(i) for i in indices]
     sizes = [ctx.image_sizes("train")[i] for i in idx]
-    cams = state.trainer.cams(indices=idx)                      # (k, C, h, w) raw, as run_ccd uses
+    cams = state.trainer.cams(indices=idx, alpha=state.trainer.alpha if c.cam_alpha else None,
+                              image_size=c.cam_image_size or None)   # (k, C, h, w), as run_ccd uses
     sel = state.selected[idx]
     crops, owner = cam_boxes(cams, sel, sizes, offset=c.offset, resolution=c.resolution,
                              threshold=c.cam_threshold, box_rule=c.box_rule)
@@ -432,7 +436,7 @@ def explain_label_update(state: WarmupState, indices: Sequence[int]) -> list[Exa
                   else np.zeros((0, n_classes)))
     y_loc, has = local_pseudo_labels(crop_probs, owner[:, 0], len(idx), state.init.bias, ls=c.ls or None)
     y_prev = state.init.labels[idx]
-    y_new = mix_labels(y_prev, y_loc, has, r=c.r)
+    y_new = mix_labels(y_prev, y_loc, has, r=c.r, no_crop=c.no_crop)
     out = []
     for k, i in enumerate(idx):
         classes = [int(x) for x in np.flatnonzero(sel[k])]

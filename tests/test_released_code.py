@@ -362,3 +362,35 @@ def test_on_batch_hook_gets_pre_step_logits_after_the_step(tiny_images, tmp_path
         np.testing.assert_allclose(out["train_scores"][idx], s.numpy(), rtol=1e-5, atol=1e-6)
     post = tr.predict_logits()
     assert not np.allclose(post[seen[0][0]], seen[0][1], atol=1e-3)   # not the post-step logits
+
+
+# ================================================================================================ options
+@pytest.mark.parametrize("params, field", [
+    (dict(cdul_alignment="bce"), "cdul.alignment"),
+    (dict(cdul_student_loss="mse"), "cdul.student_loss"),
+    (dict(cdul_alignment="bernoulli"), "cdul.student_loss"),            # the BCE analogue needs a BCE student
+    (dict(cdul_student_loss="bce"), "cdul.student_loss"),               # the KL rule needs the softmax + KL student
+    (dict(cdul_ga_every=0), "cdul.ga_every"),
+    (dict(cdul_batch_size=-1), "cdul.batch_size"),
+    (dict(ccd_tau_walk="twice"), "ccd.tau_walk"),
+    (dict(ccd_no_crop="drop"), "ccd.no_crop"),
+    (dict(ccd_cam_image_size=8), "ccd.cam_image_size"),
+    (dict(student_alpha_schedule="paper"), "student.alpha_schedule"),
+    (dict(gt_free_input="test"), "gt_free_input"),
+    (dict(teacher_normalization="clip"), "teacher.normalization"),
+])
+def test_released_options_are_validated_naming_the_field(params, field):
+    from ccdlib import run_config_from_params
+    from ccdlib.errors import ConfigError
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        run_config_from_params(params)
+
+
+def test_released_defaults():
+    from ccdlib import RunConfig
+    cfg = RunConfig()
+    assert (cfg.cdul.alignment, cfg.cdul.student_loss, cfg.cdul.ga_sigma, cfg.cdul.batch_size) == ("kl", "softmax_kl", 1.0, 8)
+    assert (cfg.cdul.ga_warmup, cfg.cdul.ga_every) == (0, 10)
+    assert (cfg.ccd.tau_walk, cfg.ccd.no_crop, cfg.ccd.cam_alpha, cfg.ccd.cam_image_size) == ("single_pass", "floor", True, 640)
+    assert cfg.student.alpha_schedule == "released" and cfg.teacher.normalization == "imagenet"
+    assert cfg.gt_free_input == "eval"        # measured deviation (ccdlib/README.md)

@@ -300,12 +300,22 @@ def test_open_clip_tiny_basics(tiny):
     x = torch.stack([tiny.preprocess(Image.new("RGB", (50, 20), (200, 10, 30))),
                      tiny.preprocess(Image.new("RGB", (7, 9), (0, 0, 0)))])
     assert x.shape == (2, 3, 32, 32)
-    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(3, 1, 1)
-    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(3, 1, 1)
+    # default teacher.normalization "imagenet": the released code feeds CLIP the ImageNet-normalised tensor
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
     torch.testing.assert_close(x[1], (0 - mean).expand(3, 32, 32) / std)
     e = tiny.encode_images(x)
     assert e.shape == (2, 32)
     torch.testing.assert_close(e.norm(dim=-1), torch.ones(2), atol=1e-5, rtol=0)
+
+
+def test_open_clip_model_normalization_option(tiny_configs):
+    t = OpenCLIPTeacher(TINY_VIT, None, device="cpu", normalization="model")
+    x = t.preprocess(Image.new("RGB", (7, 9), (0, 0, 0)))
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(3, 1, 1)
+    torch.testing.assert_close(x, (0 - mean).expand(3, 32, 32) / std)
+    assert t.fingerprint()["mean"] != OpenCLIPTeacher(TINY_VIT, None, device="cpu").fingerprint()["mean"]
 
 
 def test_open_clip_text_classifier_matches_manual(tiny):
