@@ -115,6 +115,16 @@ def make_context(cfg: RunConfig, *, data: tuple[MultiLabelDataset, MultiLabelDat
         if cfg.teacher.arch not in open_clip.list_models():
             raise ConfigError(f"teacher.arch: unknown open_clip architecture {cfg.teacher.arch!r}; "
                               f"see open_clip.list_models()")
+        pre = cfg.teacher.pretrained
+        if pre and not Path(pre).is_file() and pre not in open_clip.list_pretrained_tags_by_model(cfg.teacher.arch):
+            raise ConfigError(f"teacher.pretrained: {pre!r} is neither a local checkpoint file nor an open_clip tag "
+                              f"for {cfg.teacher.arch!r}")
+    weights = cfg.student.trunk_weights              # trunk weights that are absent: before any teacher scoring
+    if cfg.student.trunk.startswith("resnet") and weights != "random":
+        from .student import _resnet_weights_file
+        _resnet_weights_file(cfg.student.trunk, weights)  # CheckpointError saying where to put the file
+    elif weights not in (None, "random") and not Path(weights).expanduser().is_file():
+        raise ConfigError(f"student.trunk_weights: file not found: {weights}")
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     check_writable_dir(cache_dir, "cache folder (cache_dir, or $CCDLIB_CACHE)")   # before any work
     train, test = data if data is not None else load_data(cfg.data, cache_dir=cache_dir, seed=cfg.seed)

@@ -523,3 +523,25 @@ def test_trainer_state_round_trip_in_finetune_mode(tmp_path):
     fresh.epoch = 1
     fresh.fit_epoch(y, alpha=3.0, consistency=True)
     assert any(not torch.equal(sa[k], fresh.state_dict()[k]) for k in sa)
+
+
+@pytest.mark.parametrize("params, error, culprit", [
+    (dict(student_trunk_weights="/nowhere/lite0.pth"), ConfigError, "/nowhere/lite0.pth"),
+    (dict(student_trunk="resnet50", student_mode="finetune"), "CheckpointError", "resnet50"),   # no hub weights
+    (dict(teacher_backend="open_clip", teacher_arch="RN50", teacher_pretrained="no-such-tag"), ConfigError,
+     "no-such-tag"),
+    (dict(teacher_backend="open_clip", teacher_arch="RN5O"), ConfigError, "RN5O"),
+], ids=["trunk-weights-file", "resnet-hub-weights", "open-clip-tag", "open-clip-arch"])
+def test_weights_named_but_absent_fail_before_any_work(params, error, culprit, tmp_path, monkeypatch, capsys):
+    from ccdlib.errors import CheckpointError
+    error = CheckpointError if error == "CheckpointError" else error
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))   # an empty torch hub cache
+    for name in ("load_data", "get_teacher"):
+        monkeypatch.setattr(ccdlib.runs, name, _boom)
+    cfg = run_config_from_params(dict(params, teacher_device="cpu", student_device="cpu",
+                                      out_dir=str(tmp_path / "r")))
+    with pytest.raises(error) as e:
+        make_context(cfg)
+    assert culprit in str(e.value)
+    assert main(["run", "--config", _write_yaml(cfg, tmp_path)]) == 2
+    assert culprit in capsys.readouterr().err
