@@ -197,7 +197,9 @@ def test_protocols_never_share_a_folder_or_a_build(source, built, tmp_path):
     copy = tmp_path / "m"
     mosaic.build_mosaics(copy, seed=0, source=source, **TINY)
     assert _hashes(copy) == _hashes(built)      # the default protocol is "disjoint": same bytes as before
-    mosaic.build_mosaics(copy, seed=0, stamps="shared", source=source, **TINY)   # other protocol: rebuilt
+    with pytest.raises(DatasetError, match="stamps disjoint -> shared"):       # other protocol: refused by name
+        mosaic.build_mosaics(copy, seed=0, stamps="shared", source=source, **TINY)
+    mosaic.build_mosaics(copy, seed=0, stamps="shared", source=source, rebuild=True, **TINY)   # asked: rebuilt
     assert _info(copy)["params"]["stamps"] == "shared"
     with pytest.raises(DatasetError, match="stamp protocol"):
         mosaic.protocol_pools({"train": {}, "test": {}}, "mixed")
