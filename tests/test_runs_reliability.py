@@ -421,6 +421,11 @@ BAD = {   # every flat parameter -> a value it must refuse (out of range where t
     "ccd_box_rule": "box", "ccd_bound": float("nan"), "ccd_consistency": 2,
     "cdul_grid": 0, "cdul_theta": -0.1, "cdul_lam": -1, "cdul_gradient_alignment": "no", "cdul_ga_step": -1,
     "cdul_ga_sigma": 0,
+    # issue 10 (released-code options) and issue 12 (teacher hierarchy), data.rebuild (issue 11)
+    "ccd_cam_alpha": "yes", "ccd_cam_image_size": 16, "ccd_no_crop": "drop", "ccd_tau_walk": "twice",
+    "cdul_alignment": "bce", "cdul_batch_size": -1, "cdul_ga_every": 0, "cdul_ga_warmup": -1,
+    "cdul_student_loss": "mse", "data_rebuild": "yes", "gt_free_input": "test", "student_alpha_schedule": "late",
+    "teacher_conse_hierarchy": "on", "teacher_normalization": "clip",
 }
 
 
