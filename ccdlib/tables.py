@@ -577,7 +577,7 @@ def claims_paragraph(claims: pd.DataFrame, *, n_test: Mapping[str, int] | None =
         return ""
     pct = f"{100 * confidence:g} %"
     lines = [f"**What holds here** (test mAP of seed-averaged students, checkpoint rule `{rule}`; "
-             f"differences are paired over the same test images, [{pct} bootstrap interval]):"]
+             f"differences are paired over the same test images, [{pct} BCa bootstrap interval]):"]
     for protocol, part in claims.groupby("protocol", sort=False):
         k = int(max(part["n_seeds_a"].max(), part["n_seeds_b"].max()))
         n = f", {n_test[protocol]} test images" if n_test and protocol in n_test else ""

@@ -46,7 +46,7 @@ def test_resample_counts_counts_draws():
 def test_point_estimate_is_the_metrics_map_with_an_empty_class_excluded():
     s, y = _random_case(n=50, c=5, seed=3, ties=False)
     y[:, 2] = 0                                               # a class without positives: excluded
-    r = stats.bootstrap_map(s, y, n_resamples=200, seed=0)
+    r = stats.bootstrap_map(s, y, n_resamples=200, seed=0, method="percentile")
     assert r.estimate == pytest.approx(mean_average_precision(s, y).map, abs=1e-10)
     assert r.estimate == pytest.approx(_sklearn_map(s, y), abs=1e-10)
     assert r.lo <= r.estimate <= r.hi and r.n == 50 and r.distribution.shape == (200,)
@@ -64,7 +64,7 @@ def test_bootstrap_distribution_matches_exact_enumeration_of_a_three_image_case(
         i = list(idx)
         exact.append(100 * average_precision_score(y[i, 0], s[i, 0]) if y[i, 0].sum() else np.nan)
     exact = np.array(exact)
-    r = stats.bootstrap_map(s, y, n_resamples=20000, seed=0)
+    r = stats.bootstrap_map(s, y, n_resamples=20000, seed=0, method="percentile")
     d = r.distribution
     assert np.isnan(d).mean() == pytest.approx(1 / 27, abs=0.006)
     atoms = np.unique(np.round(exact[~np.isnan(exact)], 9))
@@ -124,6 +124,18 @@ def test_interval_narrows_with_more_test_images():
     small = stats.bootstrap_map(s[:100], y[:100], n_resamples=500).half_width
     large = stats.bootstrap_map(s, y, n_resamples=500).half_width
     assert large < 0.5 * small                                  # ~ 1/sqrt(N): 4x narrower at 16x the images
+
+
+def test_bca_is_the_default_and_corrects_the_upward_shift_of_resampled_map():
+    rng = np.random.default_rng(0)
+    y = (rng.random((160, 16)) < 0.15).astype(int)
+    s = 0.8 * y + rng.normal(0, 0.8, y.shape)
+    pct = stats.bootstrap_map(s, y, n_resamples=1000, method="percentile")
+    bca = stats.bootstrap_map(s, y, n_resamples=1000)
+    assert bca.method == "BCa" and np.array_equal(bca.distribution, pct.distribution)
+    assert np.median(pct.distribution) > pct.estimate + 0.5           # resampled mAP sits above the estimate
+    assert bca.lo < pct.lo and bca.hi < pct.hi                         # BCa shifts the interval back down
+    assert abs((bca.lo + bca.hi) / 2 - bca.estimate) < abs((pct.lo + pct.hi) / 2 - pct.estimate)
 
 
 def test_bca_method_and_bad_arguments():
