@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.settings is not None and label not in args.settings:
                 continue
             if args.table:
-                found = sorted(args.out.glob(f"{_slug(lever)}__{_slug(label)}*.json"))
+                stem = f"{_slug(lever)}__{_slug(label)}"
+                found = sorted([args.out / f"{stem}.json"] if (args.out / f"{stem}.json").exists() else [])
+                found += sorted(args.out.glob(f"{stem}__*.json"))   # partial records (--methods)
                 records += [json.loads(p.read_text()) for p in found]
                 continue
             rec = run_setting(lever, label, overrides, args.out, force=args.force, methods=tuple(args.methods))
