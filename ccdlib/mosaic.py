@@ -56,7 +56,7 @@ unless given ``root``.
 
 Command line (wired as ``python -m ccdlib data mosaic``)::
 
-    python -m ccdlib data mosaic --out DIR --train 400 --test 200 --seed 0 [--image-size 448]
+    python -m ccdlib data mosaic --out DIR --train 400 --test 200 --seed 0 [--image-size 448] [--stamps shared]
 """
 from __future__ import annotations
 
@@ -870,7 +870,7 @@ def embedded_dataset(split: str, *, root: str | Path | None = None, n_train: int
 
 # ----------------------------------------------------------------------------------------- CLI
 def cli_main(argv: list[str] | None = None) -> int:
-    """``python -m ccdlib data mosaic --out DIR [--train N] [--test M] [--seed S] [--image-size PX]``."""
+    """``python -m ccdlib data mosaic --out DIR [--train N] [--test M] [--seed S] [--image-size PX] [--stamps P]``."""
     ap = argparse.ArgumentParser(
         prog="python -m ccdlib data mosaic",
         description="Build the embedded 'stamp mosaic' data set (VOC layout) from the tuxpaint photo "
