@@ -31,9 +31,10 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP) data ## create .venv, install everything (idempotent), fetch the photo packages
 
-data: $(STAMP) ## fetch the tuxpaint photo packages the embedded mosaics are made from
-	@if [ ! -d /usr/share/tuxpaint/stamps ] && [ ! -d "$(CCDLIB_CACHE)/tuxpaint" ] && [ "$$(id -u)" = 0 ] \
-	    && ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then \
+data: $(STAMP) ## fetch the Debian packages of the embedded study (tuxpaint photos, WordNet 3.0)
+	@if { { [ ! -d /usr/share/tuxpaint/stamps ] && [ ! -d "$(CCDLIB_CACHE)/tuxpaint" ]; } \
+	      || { [ ! -f /usr/share/wordnet/data.noun ] && [ ! -d "$(CCDLIB_CACHE)/wordnet" ]; }; } \
+	    && [ "$$(id -u)" = 0 ] && ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then \
 	  echo "apt package lists are missing: running apt-get update"; apt-get update -qq; fi
 	$(BIN)/python -m ccdlib data fetch
 

@@ -11,19 +11,23 @@ def _data(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: python -m ccdlib data {mosaic,fetch} ...\n"
               "  mosaic  build the embedded stamp-mosaic data set (VOC layout)\n"
-              "  fetch   find or fetch the tuxpaint photo packages the mosaics are made from")
+              "  fetch   find or fetch the Debian packages the embedded study uses: the tuxpaint photos the\n"
+              "          mosaics are made from, and WordNet 3.0 (wordnet-base) for the hierarchy-aware ConSE teacher")
         return 0
     if argv[0] == "mosaic":
         from .mosaic import cli_main
         return cli_main(argv[1:])
     if argv[0] == "fetch":
         ap = argparse.ArgumentParser(prog="python -m ccdlib data fetch",
-                                     description="Find or fetch the tuxpaint photo packages into the ccdlib cache.")
+                                     description="Find or fetch the tuxpaint photo packages and WordNet 3.0 "
+                                                 "(wordnet-base) into the ccdlib cache.")
         ap.add_argument("--cache-dir", default=None,
                         help="the ccdlib cache (default $CCDLIB_CACHE or ~/.cache/ccdlib); must be writable to fetch")
         args = ap.parse_args(argv[1:])
         from .mosaic import find_tuxpaint
+        from .wordnet import find_wordnet
         print(find_tuxpaint(args.cache_dir))
+        print(find_wordnet(args.cache_dir))
         return 0
     print(f"unknown data command {argv[0]!r}; try: mosaic, fetch", file=sys.stderr)
     return 2
