@@ -21,7 +21,7 @@ PARAMS = sorted((NOTEBOOKS / "params").glob("*.yaml"))
 #: Keys read by notebooks only (``out_dir`` is also a RunConfig key, but a notebook's out_dir is its reports
 #: folder; runs go to ``out_dir/runs``).
 NOTEBOOK_KEYS = {"out_dir", "n_examples", "force", "ablation_switches", "ablation_r", "ablation_offset",
-                 "ablation_bound", "ablation_box_rule", "seeds", "stamp_protocols", "n_bootstrap"}
+                 "ablation_bound", "ablation_box_rule", "seeds", "stamp_protocols", "n_bootstrap", "view_split"}
 
 #: Parameter names shared by all notebooks (a notebook that uses one of these settings uses this name).
 SHARED = {"out_dir", "cache_dir", "data_kind", "data_root", "data_n_train", "data_n_test", "teacher_backend",
@@ -55,7 +55,8 @@ def test_default_params_are_the_embedded_study():
     assert data["out_dir"] == "../reports" and data["data_kind"] == "mosaic" and data["teacher_backend"] == "conse"
     cfg = run_config_from_params(config_params(data))
     assert (cfg.data.n_train, cfg.data.n_test, cfg.teacher.arch, cfg.student.image_size, cfg.epochs) == (
-        320, 160, "efficientnet-lite0", 448, 10)
+        320, 500, "efficientnet-lite0", 448, 10)
+    assert (cfg.data.stamps, cfg.teacher.conse_hierarchy) == ("shared", True)   # the regime of issue 12
 
 
 @pytest.mark.parametrize("name", ["voc2007", "voc2012", "coco2014", "nuswide"])
