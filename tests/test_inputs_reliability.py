@@ -175,7 +175,7 @@ def test_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch, capsys):
     # data fetch: the packages are neither installed nor cached, and the cache cannot be written
     monkeypatch.setattr(mosaic, "SYSTEM_TUXPAINT", tmp_path / "no-such-system-folder")
     monkeypatch.setattr(mosaic.shutil, "which", lambda tool: f"/usr/bin/{tool}")
-    monkeypatch.setattr(mosaic.subprocess, "run", lambda *a, **k: pytest.fail("apt-get run on an unwritable cache"))
+    monkeypatch.setattr("ccdlib.debian.subprocess.run", lambda *a, **k: pytest.fail("apt-get run on an unwritable cache"))
     assert main(["data", "fetch", "--cache-dir", str(bad)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "not writable" in err

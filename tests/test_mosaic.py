@@ -269,7 +269,7 @@ def test_missing_package_lists_say_apt_get_update(no_system_copy, monkeypatch):
         return subprocess.CompletedProcess(
             cmd, 100, "", "E: Unable to locate package tuxpaint-stamps-default\n")
 
-    monkeypatch.setattr(mosaic.subprocess, "run", fake_run)
+    monkeypatch.setattr("ccdlib.debian.subprocess.run", fake_run)
     with pytest.raises(DataSetupError, match="apt-get update"):
         mosaic.find_tuxpaint(no_system_copy)
     assert calls == [(["apt-get", "download", *mosaic.TUXPAINT_PACKAGES], no_system_copy / "debs")]
@@ -280,5 +280,5 @@ def test_cached_copy_is_found_without_fetching(no_system_copy, monkeypatch):
     found = no_system_copy / "tuxpaint" / "usr" / "share" / "tuxpaint"
     (found / "stamps").mkdir(parents=True)
     (found / "templates").mkdir()
-    monkeypatch.setattr(mosaic.subprocess, "run", lambda *a, **k: pytest.fail("must not fetch"))
+    monkeypatch.setattr("ccdlib.debian.subprocess.run", lambda *a, **k: pytest.fail("must not fetch"))
     assert mosaic.find_tuxpaint(no_system_copy) == found
