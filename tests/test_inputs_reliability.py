@@ -23,7 +23,7 @@ from ccdlib.__main__ import main
 from ccdlib.cache import (ArrayCache, atomic_write_text, cache_location, check_writable_dir,
                           clean_stale_temp_dirs, default_cache_dir, make_temp_dir, save_array)
 from ccdlib.datasets import ClassList, load_class_list
-from ccdlib.errors import ConfigError, DatasetError, DataSetupError
+from ccdlib.errors import ConfigError, DatasetError
 from ccdlib.readers import read_coco, read_nuswide, read_voc
 from ccdlib.scoring import load_rgb
 from ccdlib.views import image_size, to_rgb
@@ -31,13 +31,6 @@ from ccdlib.views import image_size, to_rgb
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(n_train=4, n_test=2, image_size=96, progress=False)
 
-
-@pytest.fixture(scope="module")
-def source() -> Path:
-    try:
-        return mosaic.find_tuxpaint()
-    except DataSetupError as e:
-        pytest.skip(f"tuxpaint photos unavailable: {e}")
 
 
 @pytest.fixture

@@ -24,13 +24,6 @@ TINY = dict(n_train=6, n_test=4, image_size=128, progress=False)
 pytestmark = pytest.mark.filterwarnings("ignore:.*have no positive image:UserWarning")
 
 
-@pytest.fixture(scope="module")
-def source() -> Path:
-    try:
-        return mosaic.find_tuxpaint()
-    except DataSetupError as e:
-        pytest.skip(f"tuxpaint photos unavailable: {e}")
-
 
 @pytest.fixture(scope="module")
 def built(source, tmp_path_factory) -> Path:

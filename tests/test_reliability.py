@@ -28,7 +28,7 @@ from ccdlib import mosaic
 from ccdlib.__main__ import main
 from ccdlib.config import run_config_from_params
 from ccdlib.datasets import load_class_list
-from ccdlib.errors import CheckpointError, ConfigError, DatasetError, DataSetupError
+from ccdlib.errors import CheckpointError, ConfigError, DatasetError
 from ccdlib.readers import read_voc
 from ccdlib.runs import RUNNERS, make_context, run, run_ccd, run_cdul, run_supervised
 from ccdlib.features import extract_features
@@ -54,13 +54,9 @@ def _boom(*args, **kwargs):
 # fixtures and helpers
 # --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def mosaic_root(tmp_path_factory) -> Path:
-    try:
-        source = mosaic.find_tuxpaint()
-    except DataSetupError as e:
-        pytest.skip(f"tuxpaint photos unavailable: {e}")
-    return mosaic.build_mosaics(tmp_path_factory.mktemp("data") / "mosaic", n_train=N_TRAIN, n_test=N_TEST,
-                                seed=0, source=source, progress=False)
+def mosaic_root(small_mosaic_root) -> Path:
+    assert (N_TRAIN, N_TEST) == (16, 8)          # the size of conftest's shared set
+    return small_mosaic_root
 
 
 @pytest.fixture(scope="module")

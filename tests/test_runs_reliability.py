@@ -20,10 +20,9 @@ import yaml
 
 import ccdlib.runs
 import ccdlib.teachers
-from ccdlib import mosaic
 from ccdlib.__main__ import main
 from ccdlib.config import NOTEBOOK_PARAMETERS, config_to_dict, flat_config_keys, load_config, run_config_from_params
-from ccdlib.errors import ConfigError, DatasetError, DataSetupError, OutputError
+from ccdlib.errors import ConfigError, DatasetError, OutputError
 from ccdlib.metrics import evaluate, topk_metrics
 from ccdlib.runs import RUNNERS, make_context, run, select_checkpoints
 from ccdlib.trainer import StudentTrainer
@@ -52,13 +51,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def mosaic_root(tmp_path_factory) -> Path:
-    try:
-        source = mosaic.find_tuxpaint()
-    except DataSetupError as e:
-        pytest.skip(f"tuxpaint photos unavailable: {e}")
-    return mosaic.build_mosaics(tmp_path_factory.mktemp("data") / "mosaic", n_train=N_TRAIN, n_test=N_TEST,
-                                seed=0, source=source, progress=False)
+def mosaic_root(small_mosaic_root) -> Path:
+    assert (N_TRAIN, N_TEST) == (16, 8)          # the size of conftest's shared set
+    return small_mosaic_root
 
 
 @pytest.fixture(scope="module")
