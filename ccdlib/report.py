@@ -27,6 +27,7 @@ LOCK_FILE = Path(__file__).resolve().parents[1] / "requirements.lock"   # what `
 
 #: The claims paragraph notebook 04 writes (``tables.claims_paragraph``); ``reports/README.md`` opens with it.
 CLAIMS_FILE = "tables/claims.md"
+_SEE_01_02 = "View dependency and class bias are measured by notebooks 01 and 02."   # replaced by their numbers
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -186,8 +187,14 @@ def build_index(reports: str | Path = "reports", *, params: str | Path | None = 
           f"`{params or 'notebooks/params/default.yaml'}`). Built {run_info['built']} at commit `{run_info['commit']}`"
           + (f" in {seconds / 60:.1f} min." if seconds is not None else "."), ""]
     claims = reports / CLAIMS_FILE
-    if claims.exists():                        # the claims paragraph of notebook 04 opens the README
-        md[1:1] = ["", claims.read_text().strip()]
+    claims_text = ""
+    if claims.exists():                        # the claims paragraph of notebook 04 opens the README, with the
+        from .tables import view_and_bias_claims   # view-dependency and class-bias claims of notebooks 01, 02
+        extra = view_and_bias_claims(reports / "tables")
+        claims_text = claims.read_text().strip()
+        if extra:
+            claims_text = "\n".join([claims_text.replace(_SEE_01_02, "").rstrip(), *extra])
+        md[1:1] = ["", claims_text]
     h = ["<!doctype html><html><head><meta charset='utf-8'><title>ccd-study reports</title><style>"
          "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
          "figure{display:inline-block;margin:8px;vertical-align:top;max-width:560px}"
@@ -198,7 +205,7 @@ def build_index(reports: str | Path = "reports", *, params: str | Path | None = 
          f"<code>{html.escape(run_info['commit'])}</code> with <code>{html.escape(str(params))}</code>"
          + (f"; <code>make reproduce</code> took {seconds / 60:.1f} min" if seconds is not None else "") + ".</p>"]
     if claims.exists():
-        h.append("<div class='claims'>" + "<br>".join(html.escape(line) for line in claims.read_text().strip().splitlines())
+        h.append("<div class='claims'>" + "<br>".join(html.escape(line) for line in claims_text.splitlines())
                  + "</div>")
     import pandas as pd
     for nb, entries in sorted(by_nb.items()):   # notebooks in their numbered order

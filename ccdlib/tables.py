@@ -30,7 +30,7 @@ __all__ = [
     "epoch_curves", "selected_epochs", "Ablation", "ablation_grid", "ablation_table", "stage_quality_table",
     "per_class_stage_ap", "initial_stage_labels", "load_stage_labels", "flat_config_keys", "config_params",
     "PSEUDO_LABELS_FILE", "SeedRun", "seeded_main_table", "protocol_columns", "CLAIMS", "claims_table",
-    "claims_paragraph", "seeded_score_table", "seed_values",
+    "claims_paragraph", "seeded_score_table", "seed_values", "view_and_bias_claims",
 ]
 
 #: The metrics of the main table: mAP, and CF1 / OF1 at threshold 0.5 and at top-3 (SPEC §8).
@@ -635,3 +635,41 @@ def seed_values(runs: Iterable[SeedRun], *, rule: str = "gt_free", metric: str =
              metric: float(r.result["selected"][rule]["metrics"][metric])}
             for r in runs if rule in r.result["selected"]]
     return pd.DataFrame(rows, columns=["protocol", "method", "seed", metric])
+
+
+def view_and_bias_claims(tables_dir: str | Path) -> list[str]:
+    """Markdown bullets for the papers' first two claims, read from the tables notebooks 01 and 02 write
+    (``fig1_view_dependency_summary``, ``fig1_top1_whole_vs_crop``, ``fig2_class_bias`` CSVs); a claim whose
+    tables are absent is left out.
+
+    - *view dependency* holds when an object's class is the teacher's top-1 more often on its own crop than on
+      the whole image, and the max over some patch grid has a higher mAP than the whole image;
+    - *class bias* holds when the teacher's top-1 share over the ground-truth share of some class is >= 2 and of
+      another <= 0.5 (over-predicted and under-predicted classes), or some class is never top-1.
+    """
+    d = Path(tables_dir)
+    out: list[str] = []
+    summary, top1, bias = (d / f"{n}.csv" for n in ("fig1_view_dependency_summary", "fig1_top1_whole_vs_crop",
+                                                     "fig2_class_bias"))
+    if summary.exists() and top1.exists():
+        s, t = pd.read_csv(summary), pd.read_csv(top1).iloc[0]
+        whole, best = s.loc[s["grid"] == 1].iloc[0], s.loc[s["mAP"].idxmax()]
+        holds = t["own_crop"] > t["whole_image"] and best["mAP"] > whole["mAP"]
+        out.append(f"- *view dependency* (notebook 01, {int(t['objects'])} objects) "
+                   f"{'holds' if holds else 'does not hold'}: an object's class is the teacher's top-1 on its own "
+                   f"crop {t['own_crop']:.1f} % of the time and on the whole image {t['whole_image']:.1f} % (at most "
+                   f"{t['whole_image_bound']:.1f} % possible there); the max over {best['view']} scores mAP "
+                   f"{best['mAP']:.1f} against {whole['mAP']:.1f} for the whole image.")
+    if bias.exists():
+        b = pd.read_csv(bias)
+        never = b.loc[b["never_top1"].astype(bool), "class"].tolist()
+        ratio = b.set_index("class")["top1_over_gt"]
+        hi, lo = ratio.idxmax(), ratio.idxmin()
+        holds = bool(never) or (ratio.max() >= 2 and ratio.min() <= 0.5)
+        est = b.loc[~b["never_top1"].astype(bool), "mean_top1_prob"]
+        out.append(f"- *class bias* (notebook 02) {'holds' if holds else 'does not hold'}: the teacher's share of "
+                   f"top-1 predictions over the ground-truth share ranges from {ratio[lo]:.1f} ({lo}) to "
+                   f"{ratio[hi]:.1f} ({hi}); {len(never)} class(es) never top-1"
+                   + (f" ({', '.join(never)})" if never else "")
+                   + f"; CCD's statistic, the mean top-1 probability per class, ranges {est.min():.1f}-{est.max():.1f} %.")
+    return out

@@ -343,3 +343,23 @@ def test_seeded_score_table_against_the_stats_functions():
         (d.estimate, d.lo, d.hi))
     with pytest.raises(ValueError, match="reference"):
         seeded_score_table({"a": a}, y, reference="missing")
+
+
+def test_view_and_bias_claims_read_notebook_01_02_tables(tmp_path):
+    pd.DataFrame({"grid": [1, 2, 3], "view": ["whole image", "1/4 patches (2x2)", "1/9 patches (3x3)"],
+                  "mAP": [30.0, 45.0, 40.0]}).to_csv(tmp_path / "fig1_view_dependency_summary.csv", index=False)
+    pd.DataFrame({"objects": [10], "whole_image": [20.0], "own_crop": [60.0],
+                  "whole_image_bound": [33.3]}).to_csv(tmp_path / "fig1_top1_whole_vs_crop.csv", index=False)
+    pd.DataFrame({"class": ["a", "b", "c"], "never_top1": [False, False, True], "top1_over_gt": [2.5, 0.4, 0.0],
+                  "mean_top1_prob": [90.0, 50.0, float("nan")]}).to_csv(tmp_path / "fig2_class_bias.csv", index=False)
+    from ccdlib import tables
+    view, bias = tables.view_and_bias_claims(tmp_path)
+    assert "holds" in view and "own crop 60.0 %" in view and "1/4 patches (2x2) scores mAP 45.0 against 30.0" in view
+    assert "holds" in bias and "from 0.0 (c) to 2.5 (a)" in bias and "1 class(es) never top-1 (c)" in bias
+    assert "50.0-90.0 %" in bias
+    # the whole image best and the crop no better: view dependency does not hold
+    pd.DataFrame({"objects": [10], "whole_image": [60.0], "own_crop": [50.0],
+                  "whole_image_bound": [33.3]}).to_csv(tmp_path / "fig1_top1_whole_vs_crop.csv", index=False)
+    assert "does not hold" in tables.view_and_bias_claims(tmp_path)[0]
+    (tmp_path / "fig2_class_bias.csv").unlink()
+    assert len(tables.view_and_bias_claims(tmp_path)) == 1
