@@ -323,7 +323,8 @@ def train_student_on_labels(ctx: Context, labels: np.ndarray, epochs: int | None
     trainer = StudentTrainer(replace(ctx.cfg.student, seed=ctx.cfg.seed), ctx.train.image_paths,
                              ctx.train.num_classes, cache_dir=ctx.cache_dir, progress=False)
     y = np.clip(np.asarray(labels, dtype=np.float64), 0.0, 1.0)
-    losses = [trainer.fit_epoch(y, alpha=alpha_for(e, ctx.cfg.student.coeff), consistency=consistency)["loss"]
+    losses = [trainer.fit_epoch(y, alpha=alpha_for(e, ctx.cfg.student.coeff, ctx.cfg.student.alpha_schedule),
+                                consistency=consistency)["loss"]
               for e in range(epochs)]
     test_prob = 1.0 / (1.0 + np.exp(-trainer.predict_logits(ctx.test.image_paths)))
     return {"test": evaluate(test_prob, ctx.test.labels, class_names=list(ctx.test.class_ids)), "losses": losses,

@@ -29,6 +29,7 @@ from .pseudolabels import (ccd_initial_pseudo_labels, cdul_alignment_schedule, c
                            cdul_gradient_alignment_update, cdul_initial_pseudo_labels)
 from .label_update import classifier_guided_label_update
 from .scoring import embed_views
+from .student import alpha_for
 from .trainer import StudentTrainer
 from .teachers import Teacher, TeacherConfig, build_teacher
 from .views import View, global_views, grid_views, image_size
@@ -417,13 +418,6 @@ class TrainingLog:
 
     def train_probabilities(self) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.trainer.predict_logits()))
-
-
-def alpha_for(epoch: int, coeff: float, schedule: str = "released") -> float:
-    """SPEC §5: the positive-CAM factor of training epoch ``epoch``. ``schedule="released"`` (StudentConfig default):
-    ``coeff`` in every epoch (the released code sets it before epoch 0 trains, ``train.py`` 343-345);
-    ``"warmup"``: 1 during epoch 0, then ``coeff``."""
-    return float(coeff) if (schedule == "released" or epoch > 0) else 1.0
 
 
 @dataclass

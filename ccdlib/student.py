@@ -52,7 +52,6 @@ import re
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -180,13 +179,20 @@ class StudentConfig:
     def alpha_for_epoch(self, epoch: int, *, released: bool = False) -> float:
         """SPEC §5: alpha is 1 during epoch 0, then ``coeff``. ``released=True``: the released code's behaviour,
         which sets ``alpha = coeff`` after epoch 0's labelling pass but before epoch 0's training, so every
-        training epoch runs with ``coeff``."""
-        return float(self.coeff) if (released or epoch > 0) else 1.0
+        training epoch runs with ``coeff``. (The runners follow ``alpha_schedule``: :func:`alpha_for`.)"""
+        return alpha_for(epoch, self.coeff, "released" if released else "warmup")
 
     @property
     def head_learning_rate(self) -> float:
         """The 1x1 conv's learning rate in this mode: ``frozen_head_lr`` or ``head_lr``."""
         return self.frozen_head_lr if self.mode == "frozen" else self.head_lr
+
+
+def alpha_for(epoch: int, coeff: float, schedule: str = "released") -> float:
+    """SPEC §5: the positive-CAM factor of training epoch ``epoch``. ``schedule="released"`` (StudentConfig default):
+    ``coeff`` in every epoch (the released code sets it before epoch 0 trains, ``train.py`` 343-345);
+    ``"warmup"``: 1 during epoch 0, then ``coeff``."""
+    return float(coeff) if (schedule == "released" or epoch > 0) else 1.0
 
 
 def _check_int(name: str, value, minimum: int) -> None:
