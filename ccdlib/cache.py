@@ -239,6 +239,13 @@ def save_array(path: str | os.PathLike, array: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def save_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """Atomically save named arrays as one compressed ``.npz``."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def load_array(path: str | os.PathLike) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .cache import (atomic_write_bytes, atomic_write_text, cache_location, changed_files, check_writable_dir,
-                    default_cache_dir, file_fingerprints, stable_hash)
+                    default_cache_dir, file_fingerprints, save_arrays, stable_hash)
 from .config import DataConfig, RunConfig, config_to_dict
 from .datasets import MultiLabelDataset
 from .metrics import evaluate, mean_average_precision, released_code_map
@@ -130,8 +130,8 @@ def make_context(cfg: RunConfig, *, data: tuple[MultiLabelDataset, MultiLabelDat
     check_writable_dir(cache_dir, "cache folder (cache_dir, or $CCDLIB_CACHE)")   # before any work
     train, test = data if data is not None else load_data(cfg.data, cache_dir=cache_dir, seed=cfg.seed)
     check_splits(train, test)
-    inputs = input_fingerprint(train, test)
     stats = {"train": file_fingerprints(train.image_paths), "test": file_fingerprints(test.image_paths)}
+    inputs = input_fingerprint(train, test, file_stats=stats)
     with cache_location(cache_dir):   # the ConSE text cache goes there too
         teacher = get_teacher(cfg.teacher)
     classifier = teacher.text_classifier(train.prompt_names, cfg.teacher.templates)
@@ -154,18 +154,21 @@ def check_splits(train: MultiLabelDataset, test: MultiLabelDataset) -> None:
                       f"test metrics are NaN and the gt_best checkpoint rule (best test mAP) is skipped", stacklevel=3)
 
 
-def input_fingerprint(train: MultiLabelDataset, test: MultiLabelDataset) -> dict[str, dict[str, str]]:
+def input_fingerprint(train: MultiLabelDataset, test: MultiLabelDataset, *,
+                      file_stats: dict[str, list] | None = None) -> dict[str, dict[str, str]]:
     """What a run's results depend on in its data, per split: ``ids`` (the split file), ``classes`` (class ids and
     prompt names: the class list), ``labels`` (labels, difficult flags, boxes: the annotations) and ``images``
-    (each image's size and mtime, :func:`~ccdlib.cache.file_fingerprints`). Hashes (16 hex digits)."""
+    (each image's size and mtime, :func:`~ccdlib.cache.file_fingerprints`; pass ``file_stats``, split -> those
+    fingerprints, when they are at hand). Hashes (16 hex digits)."""
     out = {}
     for split, ds in (("train", train), ("test", test)):
+        fps = (file_stats or {}).get(split) or file_fingerprints(ds.image_paths)
         boxes = None if ds.boxes is None else [np.asarray(b) for b in ds.boxes]
         out[split] = {
             "ids": stable_hash(list(ds.image_ids), 16),
             "classes": stable_hash([list(ds.class_ids), list(ds.prompt_names)], 16),
             "labels": stable_hash([np.asarray(ds.labels), ds.difficult, boxes], 16),
-            "images": stable_hash([[i, fp] for i, fp in zip(ds.image_ids, file_fingerprints(ds.image_paths))], 16),
+            "images": stable_hash([[i, fp] for i, fp in zip(ds.image_ids, fps)], 16),
         }
     return out
 
@@ -651,10 +654,7 @@ def save_result(result: RunResult, out_dir: str | Path, *, checkpoints: bool = T
                              extra={"class_ids": result.info["class_ids"], "prompt_names": result.info["prompt_names"],
                                     "selection_rule": rule, "run": result.name})
     if result.stage_labels:
-        import io
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **result.stage_labels)
-        atomic_write_bytes(d / "pseudo_labels.npz", buf.getvalue())
+        save_arrays(d / "pseudo_labels.npz", result.stage_labels)
     save_test_scores(result, d)
     atomic_write_text(d / "result.json", json.dumps(_jsonify(result.to_json()), indent=1))  # last: marks "done"
     return d
@@ -670,11 +670,8 @@ def save_test_scores(result: RunResult, run_dir: str | Path) -> Path | None:
     (:mod:`ccdlib.stats`) can be computed from finished runs. Atomic; ``None`` when the run kept no scores."""
     if not result.test_scores:
         return None
-    import io
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **{k: np.asarray(v, np.float32) for k, v in result.test_scores.items()})
     p = Path(run_dir) / TEST_SCORES_FILE
-    atomic_write_bytes(p, buf.getvalue())
+    save_arrays(p, {k: np.asarray(v, np.float32) for k, v in result.test_scores.items()})
     return p
 
 
@@ -729,8 +726,8 @@ def run(cfg: RunConfig, *, ctx: Context | None = None, force: bool = False, save
         print(f"recomputing {cfg.name}: its inputs changed since it was saved ({', '.join(changed)})")
     ctx = ctx if ctx is not None else make_context(cfg, data=data)
     if not ctx.inputs:                       # a Context built by hand
-        ctx = replace(ctx, inputs=input_fingerprint(ctx.train, ctx.test),
-                      file_stats={k: file_fingerprints(ctx.split(k).image_paths) for k in ("train", "test")})
+        stats = {k: file_fingerprints(ctx.split(k).image_paths) for k in ("train", "test")}
+        ctx = replace(ctx, inputs=input_fingerprint(ctx.train, ctx.test, file_stats=stats), file_stats=stats)
     rank, world = rank_and_world()
     state_dir = out / "training" if (save or world > 1) else None
     if force and save and rank == 0:
