@@ -14,10 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .cache import check_writable_dir, clean_stale_temp_dirs, make_temp_dir
+from .cache import check_writable_dir, clean_stale_temp_dirs, default_cache_dir, make_temp_dir
 from .errors import CCDError, DataSetupError
 
-__all__ = ["fetch_packages", "sudo_prefix"]
+__all__ = ["find_or_fetch", "fetch_packages", "sudo_prefix"]
 
 #: What apt-get prints when its package lists are missing or out of date.
 _NO_LISTS = ("Unable to locate package", "has no installation candidate", "Can't select candidate", "No packages found")
@@ -97,3 +97,20 @@ def fetch_packages(packages: Sequence[str], *, cache: Path, name: str, ok: Calla
     for deb in debs:   # unpacked: the archives are no longer needed
         deb.unlink(missing_ok=True)
     return target
+
+
+def find_or_fetch(packages: Sequence[str], *, system: Path, subdir: str, cache_dir: str | Path | None, name: str,
+                  ok: Callable[[Path], bool], what: str, hint: Callable[[Path], str], size: str = "") -> Path:
+    """The folder ``system`` (e.g. ``/usr/share/tuxpaint``) where the packages are installed, else their unpacked
+    copy ``<cache>/<name>/<subdir>`` (``subdir`` the folder inside the .deb, e.g. ``usr/share/tuxpaint``), fetched
+    there by :func:`fetch_packages` when absent.
+    ``ok(folder)`` says whether a folder holds what is needed; ``hint(<cache>/<name>)`` how to provide it by hand."""
+    if ok(system):
+        return system
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    found = cache / name / subdir
+    if ok(found):
+        return found
+    fetch_packages(packages, cache=cache, name=name, ok=lambda d: ok(d / subdir), what=what,
+                   hint=hint(cache / name), size=size)
+    return found

@@ -233,18 +233,10 @@ def find_tuxpaint(cache_dir: str | Path | None = None) -> Path:
         DataSetupError: apt-get or dpkg-deb absent, package lists missing (run ``apt-get update``),
             the download or the unpacking failed; the message says what to run or install.
     """
-    if _has_assets(SYSTEM_TUXPAINT):
-        return SYSTEM_TUXPAINT
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = cache / "tuxpaint"
-    found = target / "usr" / "share" / "tuxpaint"
-    if _has_assets(found):
-        return found
-
-    from .debian import fetch_packages
-    fetch_packages(TUXPAINT_PACKAGES, cache=cache, name="tuxpaint", ok=lambda d: _has_assets(d / "usr/share/tuxpaint"),
-                   what="the embedded mosaic data set", hint=_manual_hint(target), size="170 MB")
-    return found
+    from .debian import find_or_fetch
+    return find_or_fetch(TUXPAINT_PACKAGES, system=SYSTEM_TUXPAINT, subdir="usr/share/tuxpaint", cache_dir=cache_dir,
+                         name="tuxpaint", ok=_has_assets, what="the embedded mosaic data set", hint=_manual_hint,
+                         size="170 MB")
 
 
 # ------------------------------------------------------------------------------------- stamps

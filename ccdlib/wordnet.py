@@ -25,7 +25,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .cache import default_cache_dir
 from .errors import DataSetupError
 
 __all__ = ["WORDNET_PACKAGE", "WordNetNouns", "parse_data_noun", "parse_index_noun", "read_wordnet", "find_wordnet",
@@ -100,19 +99,14 @@ def find_wordnet(cache_dir: str | Path | None = None) -> Path:
     def ok(d: Path) -> bool:
         return (d / "data.noun").is_file() and (d / "index.noun").is_file()
 
-    if ok(SYSTEM_WORDNET):
-        return SYSTEM_WORDNET
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = cache / "wordnet"
-    found = target / "usr" / "share" / "wordnet"
-    if ok(found):
-        return found
-    hint = (f"install it (apt-get install {WORDNET_PACKAGE}, which provides {SYSTEM_WORDNET}) or unpack its .deb "
-            f"(dpkg-deb -x) into {target}")
-    from .debian import fetch_packages
-    fetch_packages([WORDNET_PACKAGE], cache=cache, name="wordnet", ok=lambda d: ok(d / "usr" / "share" / "wordnet"),
-                   what="the hierarchy-aware ConSE teacher (WordNet 3.0)", hint=hint[0].upper() + hint[1:], size="6 MB")
-    return found
+    def hint(target: Path) -> str:
+        return (f"Install it (apt-get install {WORDNET_PACKAGE}, which provides {SYSTEM_WORDNET}) or unpack its .deb "
+                f"(dpkg-deb -x) into {target}")
+
+    from .debian import find_or_fetch
+    return find_or_fetch([WORDNET_PACKAGE], system=SYSTEM_WORDNET, subdir="usr/share/wordnet", cache_dir=cache_dir,
+                         name="wordnet", ok=ok, what="the hierarchy-aware ConSE teacher (WordNet 3.0)", hint=hint,
+                         size="6 MB")
 
 
 @lru_cache(maxsize=2)
