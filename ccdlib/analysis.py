@@ -313,13 +313,17 @@ def local_view_label_sets(ctx: Context, split: str = "train", *, seed: int = 0, 
 def train_student_on_labels(ctx: Context, labels: np.ndarray, epochs: int | None = None, *,
                             consistency: bool = False) -> dict:
     """Train a fresh student (``ctx.cfg.student``, seed ``ctx.cfg.seed``) on ``labels (N_train, C)`` for ``epochs``
-    (default ``ctx.cfg.epochs``; alpha 1 in epoch 0, then ``coeff``) and evaluate its last epoch on the test split
-    (the ``last`` selection rule: no ground truth is read to pick the epoch).
+    passes (default: the run's step budget, :func:`ccdlib.schedule.training_schedule`; alpha from
+    ``student.alpha_schedule``) and evaluate its last pass on the test split (the ``last`` selection rule: no
+    ground truth is read to pick the epoch).
 
     Returns ``{"test": evaluate(...) of the test sigmoid outputs, "losses": per-epoch mean training loss,
     "test_scores": the (N_test, C) test sigmoid outputs}``.
     """
-    epochs = ctx.cfg.epochs if epochs is None else int(epochs)
+    from .schedule import training_schedule
+    if epochs is None:
+        epochs = training_schedule(replace(ctx.cfg, method="supervised"), len(ctx.train)).passes
+    epochs = int(epochs)
     trainer = StudentTrainer(replace(ctx.cfg.student, seed=ctx.cfg.seed), ctx.train.image_paths,
                              ctx.train.num_classes, cache_dir=ctx.cache_dir, progress=False)
     y = np.clip(np.asarray(labels, dtype=np.float64), 0.0, 1.0)
@@ -366,10 +370,16 @@ class WarmupState:
 
 def ccd_warmup(ctx: Context, *, epochs: int | None = None) -> WarmupState:
     """Run CCD's first steps on ``ctx``'s training split as :func:`ccdlib.runs.run_ccd` does: global teacher
-    prediction, debiased initial labels, ``epochs`` warm-up epochs (default ``ccd.warmup_epochs``) of a fresh
-    student, then the class-selection threshold. Returns a :class:`WarmupState`."""
+    prediction, debiased initial labels, ``epochs`` warm-up passes (default: the schedule's, ``ccd.warmup_steps``)
+    of a fresh student, then the class-selection threshold as the run computes it (``ccd.tau_input``,
+    ``ccd.tau_walk``, ``ccd.tau_checks``). Returns a :class:`WarmupState`."""
+    from .label_update import tau_walk
+    from .runs import train_view_probabilities
+    from .schedule import training_schedule
     c = ctx.cfg.ccd
-    epochs = c.warmup_epochs if epochs is None else int(epochs)
+    if epochs is None:
+        epochs = training_schedule(replace(ctx.cfg, method="ccd"), len(ctx.train)).warmup_passes
+    epochs = int(epochs)
     p_global = global_probabilities(ctx, "train")
     init = ccd_initial_pseudo_labels(p_global, h_max=c.h_max, ls=c.ls or None, debiasing=c.debiasing,
                                      fallback=c.bias_fallback, class_names=list(ctx.train.class_ids))
@@ -379,8 +389,9 @@ def ccd_warmup(ctx: Context, *, epochs: int | None = None) -> WarmupState:
         trainer.fit_epoch(init.labels, alpha=alpha_for(epoch, ctx.cfg.student.coeff, ctx.cfg.student.alpha_schedule),
                           consistency=False)
     probs = 1.0 / (1.0 + np.exp(-trainer.predict_logits(image_size=c.cam_image_size or None)))
-    tau = calibrate_class_threshold(probs, tau0=0.05 if c.ls else 0.001, bound=c.bound, seed=ctx.cfg.seed,
-                                    walk=c.tau_walk)
+    tau_probs = train_view_probabilities(trainer) if c.tau_input == "train_views" else probs
+    tau, _ = tau_walk(tau_probs, tau0=0.05 if c.ls else 0.001, bound=c.bound, seed=ctx.cfg.seed, walk=c.tau_walk,
+                      checks=c.tau_checks)
     return WarmupState(ctx=ctx, trainer=trainer, p_global=p_global, init=init, student_probs=probs, tau=tau,
                        selected=select_classes(probs, tau))
 

@@ -46,6 +46,9 @@ class DataConfig:
                                     # object photos, new scenes); see ccdlib.mosaic
     max_train: int = 0              # 0 = all; else a seeded subsample (quick runs)
     max_test: int = 0
+    few_label_k: int = 2            # held out of training: a few-label validation split with >= k positives per
+                                    # class (seeded by few_label_seed), for the few_label selection rule; 0 = none
+    few_label_seed: int = 0
     rebuild: bool = False           # mosaic only: replace a set in root built with other parameters
 
     def __post_init__(self) -> None:
@@ -57,7 +60,7 @@ class DataConfig:
         for name in ("n_train", "n_test"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_train", "max_test"):
+        for name in ("max_train", "max_test", "few_label_k", "few_label_seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"data.{name} must be >= 0 (0 = all), got {getattr(self, name)}")
         if self.kind != "mosaic" and not self.root:
@@ -80,7 +83,9 @@ class CCDConfig:
     ls: float = 20.0
     debiasing: bool = True
     bias_fallback: str = "mean"     # "mean" | "one" | "nan" (released code)
-    warmup_epochs: int = 2
+    warmup_steps: int = 628         # optimiser steps before the label update: the released 2 epochs of VOC07 trainval
+                                    # at batch 16 (2 x 314); ccdlib.schedule rounds it to whole passes
+    warmup_epochs: int | None = None  # the same in passes over the split (overrides warmup_steps when given)
     local_views: bool = True        # the classifier-guided (CAM) label update
     r: float = 0.2
     offset: float = 80.0
@@ -89,7 +94,12 @@ class CCDConfig:
     box_rule: str = "minmax"        # "minmax" | "raster" (released code)
     bound: float = 4.0
     consistency: bool = True
-    tau_walk: str = "single_pass"   # "single_pass" (released, train.py 216-247) | "multi_pass"
+    tau_walk: str = "released_checks"  # "released_checks": the released walk (train.py 216-247) continued over
+                                    # reshuffled images until it has made tau_checks checks (VOC07: 50) |
+                                    # "single_pass": the released loop as is (3 checks on 320 images) | "multi_pass"
+    tau_checks: int = 50            # released_checks: threshold checks (the released walk's on 5,011 images)
+    tau_input: str = "train_views"  # the counts behind tau: "train_views" (the student on the 448 px training views
+                                    # with random flips, train.py 114-122) | "cam_image" (the cam_image_size pass)
     no_crop: str = "floor"          # image without a crop: "floor" (released: mixed with (1/ls)/bias) | "keep" (y_prev)
     cam_alpha: bool = True          # boxes from the alpha-scaled CAM (released: the forward's fw_cam) | the raw CAM
     cam_image_size: int = 640       # student input for the CAMs, class selection and tau (released: the 640 px
@@ -110,14 +120,22 @@ class CCDConfig:
             raise ConfigError(f"ccd.box_rule must be 'minmax' or 'raster', got {self.box_rule!r}")
         if not 0.0 < self.cam_threshold < 1.0:
             raise ConfigError(f"ccd.cam_threshold must lie in (0, 1), got {self.cam_threshold}")
-        if self.tau_walk not in ("single_pass", "multi_pass"):
-            raise ConfigError(f"ccd.tau_walk must be 'single_pass' or 'multi_pass', got {self.tau_walk!r}")
+        if self.tau_walk not in ("released_checks", "single_pass", "multi_pass"):
+            raise ConfigError(f"ccd.tau_walk must be 'released_checks', 'single_pass' or 'multi_pass', "
+                              f"got {self.tau_walk!r}")
+        if self.tau_input not in ("train_views", "cam_image"):
+            raise ConfigError(f"ccd.tau_input must be 'train_views' or 'cam_image', got {self.tau_input!r}")
+        if self.tau_checks < 1:
+            raise ConfigError(f"ccd.tau_checks must be >= 1, got {self.tau_checks}")
         if self.no_crop not in ("floor", "keep"):
             raise ConfigError(f"ccd.no_crop must be 'floor' or 'keep', got {self.no_crop!r}")
         if self.cam_image_size != 0 and self.cam_image_size < 32:
             raise ConfigError(f"ccd.cam_image_size must be 0 (the student's) or >= 32, got {self.cam_image_size}")
-        if self.warmup_epochs < 0 or self.resolution < 16 or self.bound < 0:
-            raise ConfigError("ccd.warmup_epochs >= 0, ccd.resolution >= 16 and ccd.bound >= 0 are required")
+        if (self.warmup_epochs is not None and self.warmup_epochs < 0) or self.warmup_steps < 0:
+            raise ConfigError(f"ccd.warmup_steps and ccd.warmup_epochs must be >= 0, got {self.warmup_steps}, "
+                              f"{self.warmup_epochs}")
+        if self.resolution < 16 or self.bound < 0:
+            raise ConfigError("ccd.resolution >= 16 and ccd.bound >= 0 are required")
         _check_finite(self, "ccd.")
 
 
@@ -126,8 +144,10 @@ class CDULConfig:
     """CDUL (SPEC §3).
 
     Gradient alignment, per mini-batch right after the optimiser step, with that batch's pre-step predictions, in
-    epochs where ``(e + 1) > ga_warmup and (e + 1) % ga_every == 0`` (the public reproduction; one aligned epoch,
-    the last, in a 10-epoch run, so the student never trains on aligned labels there).
+    the passes :func:`ccdlib.schedule.training_schedule` marks: those containing step ``m * ga_every_steps`` with
+    ``m * ga_every_steps > ga_warmup_steps`` (the reproduction's voc2012 schedule, one tenth of the run each,
+    scaled to the common budget: 9 alignments in 3,140 steps). ``ga_warmup`` / ``ga_every`` (epochs) give the
+    reproduction's rule ``(e + 1) > ga_warmup and (e + 1) % ga_every == 0`` instead.
     ``alignment="kl"`` (default, the reproduction): KL of the renormalised label to the softmax prediction, which
     needs ``student_loss="softmax_kl"`` (the reproduction trains softmax + KL; the CDUL paper's Sec. 3.2 also trains
     with a KL loss). ``alignment="bernoulli"``: the aligned analogue for a sigmoid/BCE student,
@@ -144,8 +164,10 @@ class CDULConfig:
     ga_sigma: float = 1.0           # psi's sigma (the reproduction: 1, "not specified in paper")
     alignment: str = "kl"           # "kl" (reproduction) | "bernoulli" (BCE analogue)
     student_loss: str = "softmax_kl"  # "softmax_kl" (reproduction) | "bce" (SPEC §5's loss)
-    ga_warmup: int = 0              # no alignment in epochs e with e + 1 <= ga_warmup
-    ga_every: int = 10              # align in epochs e with (e + 1) % ga_every == 0
+    ga_warmup_steps: int = 314      # no alignment at or before this step (voc2012.yaml: 10 of 100 epochs)
+    ga_every_steps: int = 314       # align in the pass that contains every multiple of this step count
+    ga_warmup: int | None = None    # epochs: no alignment in epochs e with e + 1 <= ga_warmup (config.yaml: 0)
+    ga_every: int | None = None     # epochs: align in epochs e with (e + 1) % ga_every == 0 (reproduction: 10)
     batch_size: int = 8             # 0 = student.batch_size
 
     def __post_init__(self) -> None:
@@ -163,8 +185,11 @@ class CDULConfig:
         if self.gradient_alignment and self.student_loss != needed:
             raise ConfigError(f"cdul.student_loss must be {needed!r} with cdul.alignment={self.alignment!r} "
                               f"(got {self.student_loss!r})")
-        if self.ga_warmup < 0 or self.ga_every < 1:
+        if (self.ga_warmup is not None and self.ga_warmup < 0) or (self.ga_every is not None and self.ga_every < 1):
             raise ConfigError(f"cdul.ga_warmup must be >= 0 and cdul.ga_every >= 1, got {self.ga_warmup}, {self.ga_every}")
+        if self.ga_warmup_steps < 0 or self.ga_every_steps < 1:
+            raise ConfigError(f"cdul.ga_warmup_steps must be >= 0 and cdul.ga_every_steps >= 1, got "
+                              f"{self.ga_warmup_steps}, {self.ga_every_steps}")
         if self.batch_size < 0:
             raise ConfigError(f"cdul.batch_size must be >= 1, or 0 for student.batch_size, got {self.batch_size}")
         if self.lam < 0 or self.ga_step < 0:
@@ -177,7 +202,10 @@ class RunConfig:
     """One run of one method. ``method``: ``teacher_global`` | ``cdul`` | ``ccd`` | ``supervised``."""
 
     method: str = "ccd"
-    epochs: int = 10
+    steps: int = 3140               # training budget in optimiser steps, the same for every method: the released
+                                    # CCD run (10 epochs of VOC07 trainval at batch 16; ccdlib.schedule)
+    eval_every_steps: int = 314     # checkpoint interval (one released VOC07 epoch: 10 checkpoints per run)
+    epochs: int | None = None       # the budget in passes over the split instead (every pass a checkpoint)
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -193,17 +221,25 @@ class RunConfig:
                                     # released default, measured (embedded default, seed 0): "released" picks CCD's
                                     # epoch 2 (test mAP 37.7; "eval": epoch 9, 49.2) and is degenerate for CDUL,
                                     # whose soft labels never equal 1 (train mAP 0 in every epoch)
+    scoring: str = "reference"      # test scores behind the selection rules and tables: "reference" (each method as
+                                    # its reference scores it: a softmax_kl-trained CDUL head by softmax, every other
+                                    # by sigmoid) | "sigmoid" | "softmax". Both scorings are saved either way
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1 (or null: the budget is steps), got {self.epochs}")
+        if self.steps < 1 or self.eval_every_steps < 1:
+            raise ConfigError(f"steps and eval_every_steps must be >= 1, got {self.steps}, {self.eval_every_steps}")
+        if self.scoring not in ("reference", "sigmoid", "softmax"):
+            raise ConfigError(f"scoring must be 'reference', 'sigmoid' or 'softmax', got {self.scoring!r}")
         if self.gt_free_input not in ("released", "eval"):
             raise ConfigError(f"gt_free_input must be 'released' or 'eval', got {self.gt_free_input!r}")
         if self.teacher_batch_size < 0:
             raise ConfigError(f"teacher_batch_size must be >= 1, or 0 for auto, got {self.teacher_batch_size}")
-        if self.method == "ccd" and self.ccd.local_views and self.ccd.warmup_epochs >= self.epochs:
+        if (self.method == "ccd" and self.ccd.local_views and self.epochs is not None
+                and self.ccd.warmup_epochs is not None and self.ccd.warmup_epochs >= self.epochs):
             raise ConfigError(f"ccd.warmup_epochs ({self.ccd.warmup_epochs}) must be < epochs ({self.epochs})")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 32:
             raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")

@@ -29,6 +29,7 @@ CAMSource = Union[np.ndarray, Callable[[np.ndarray], np.ndarray]]
 
 __all__ = [
     "calibrate_class_threshold",
+    "tau_walk",
     "select_classes",
     "cam_to_box",
     "cam_boxes",
@@ -41,44 +42,74 @@ __all__ = [
 
 
 def calibrate_class_threshold(probs: np.ndarray, *, tau0: float = 0.05, step: float = 0.001, bound: float = 4,
-                              block: int = 100, seed: int = 0, max_passes: int = 50, walk: str = "single_pass") -> float:
+                              block: int = 100, seed: int = 0, max_passes: int = 50, walk: str = "single_pass",
+                              checks: int = 50) -> float:
+    """SPEC §6.1, the class-selection threshold: :func:`tau_walk`'s ``tau`` (see there)."""
+    return tau_walk(probs, tau0=tau0, step=step, bound=bound, block=block, seed=seed, max_passes=max_passes,
+                    walk=walk, checks=checks)[0]
+
+
+def tau_walk(probs: np.ndarray, *, tau0: float = 0.05, step: float = 0.001, bound: float = 4, block: int = 100,
+             seed: int = 0, max_passes: int = 50, walk: str = "single_pass", checks: int = 50) -> tuple[float, int]:
     """SPEC §6.1: walk through shuffled images in blocks of ``block``; after each block, stop if the block's mean
     number of classes with ``prob >= tau`` lies in ``(bound, bound + 2)``, else ``tau += step``.
 
-    ``probs (N, C)`` student sigmoid outputs -> ``tau``.
+    ``probs``: ``(N, C)`` student sigmoid outputs, or ``(V, N, C)`` for ``V`` views of every image (the released
+    code counts on the training loader's views, 448 px with a random flip: pass ``[base, flipped]``; each visit of
+    an image then draws its view). Returns ``(tau, checks made)``.
 
-    ``walk="single_pass"`` (default, the released loop, ``train.py`` 216-247): one pass over one shuffled order;
-    each image adds ``count / block`` to a running mean, which is checked (and reset) at positions ``block, 2 block,
-    ...`` (0-based, so the first block holds ``block + 1`` images), and the walk ends with the data: on 320 images
-    ``tau`` moves at most 3 steps. ``walk="multi_pass"``: blocks of exactly ``block`` images, cycling over fresh
-    shuffles (at most ``max_passes``), also stopping when the mean count is ``<= bound`` (raising ``tau`` can only
-    lower it, so the interval can no longer be reached).
+    ``walk="single_pass"`` (the released loop, ``train.py`` 216-247): one pass over one shuffled order; each image
+    adds ``count / block`` to a running mean, which is checked (and reset) at positions ``block, 2 block, ...``
+    (0-based, so the first block holds ``block + 1`` images), and the walk ends with the data: on 320 images
+    ``tau`` moves at most 3 steps. ``walk="released_checks"``: the same loop continued over fresh shuffles (the
+    position counting on) until it has made ``checks`` checks or stopped: the released walk's dynamics on VOC07
+    trainval (5,011 images, 50 checks, where both rules are the same) at any ``N``. ``walk="multi_pass"``: blocks
+    of exactly ``block`` images, cycling over fresh shuffles (at most ``max_passes``), also stopping when the mean
+    count is ``<= bound`` (raising ``tau`` can only lower it, so the interval can no longer be reached).
     """
     p = np.asarray(probs)
+    views = p if p.ndim == 3 else p[None]
+    nv, n = views.shape[0], views.shape[1]
     rng = np.random.default_rng(seed)
     tau = float(tau0)
-    n = len(p)
-    if walk == "single_pass":
-        order = rng.permutation(n)
-        mean_count = 0.0
-        for pos, i in enumerate(order):
-            mean_count += float((p[i] >= tau).sum()) / block
-            if pos % block == 0 and pos != 0:
-                if bound < mean_count < bound + 2:
-                    return tau
-                tau += step
-                mean_count = 0.0
-        return tau
+
+    def count(i: int) -> float:
+        v = int(rng.integers(nv)) if nv > 1 else 0
+        return float((views[v, i] >= tau).sum())
+
+    if walk in ("single_pass", "released_checks"):
+        limit = 1 if walk == "single_pass" else max(1, -(-checks * block // max(n, 1)) + 1)
+        made, pos, mean_count = 0, 0, 0.0
+        for _ in range(limit):
+            for i in rng.permutation(n):
+                mean_count += count(int(i)) / block
+                if pos % block == 0 and pos != 0:
+                    made += 1
+                    if bound < mean_count < bound + 2:
+                        return tau, made
+                    tau += step
+                    mean_count = 0.0
+                    if walk == "released_checks" and made >= checks:
+                        return tau, made
+                pos += 1
+        return tau, made
     if walk != "multi_pass":
-        raise ValueError(f"walk must be 'single_pass' or 'multi_pass', got {walk!r}")
+        raise ValueError(f"walk must be 'released_checks', 'single_pass' or 'multi_pass', got {walk!r}")
+    made = 0
     for _ in range(max_passes):
         order = rng.permutation(n)
         for s in range(0, n, block):
-            count = (p[order[s:s + block]] >= tau).sum(1).mean()
-            if bound < count < bound + 2 or count <= bound:
-                return tau
+            idx = order[s:s + block]
+            vs = rng.integers(nv, size=len(idx)) if nv > 1 else np.zeros(len(idx), dtype=np.int64)
+            cnt = (views[vs, idx] >= tau).sum(1).mean()
+            made += 1
+            if bound < cnt < bound + 2 or cnt <= bound:
+                return tau, made
             tau += step
-    return tau
+    return tau, made
+
+
+_tau_walk = tau_walk   # classifier_guided_label_update's argument ``tau_walk`` names the rule
 
 
 def select_classes(probs: np.ndarray, tau: float) -> np.ndarray:
@@ -203,6 +234,8 @@ class LabelUpdateResult:
     crops: list[View]         # the crop views scored by the teacher
     crop_owner: np.ndarray    # (M, 2) (image, class) of each crop
     crops_per_image: float
+    tau_checks: int = 0       # threshold checks the walk made
+    classes_per_image: float = 0.0   # mean number of selected classes (sigmoid >= tau on the CAM pass)
 
 
 def classifier_guided_label_update(*, y_prev: np.ndarray, student_probs: np.ndarray, cams: CAMSource,
@@ -212,11 +245,14 @@ def classifier_guided_label_update(*, y_prev: np.ndarray, student_probs: np.ndar
                                    resolution: int = 640, threshold: float = 0.95, box_rule: str = "minmax",
                                    tau0: float | None = None, bound: float = 4, seed: int = 0,
                                    tau_walk: str = "single_pass", no_crop: str = "floor",
+                                   tau_probs: np.ndarray | None = None, tau_checks: int = 50,
                                    batch_size: int | None = None, cache_dir: str | Path | None = None,
                                    progress: bool = True) -> LabelUpdateResult:
     """SPEC §6, end to end. ``y_prev (N, C)`` debiased global labels, ``student_probs (N, C)`` sigmoid outputs,
     ``cams (N, C, h, w)`` or a function of image indices (:data:`CAMSource`, e.g. ``trainer.cams``) ->
-    :class:`LabelUpdateResult`. Crops of all images are scored in shared batches.
+    :class:`LabelUpdateResult`. Crops of all images are scored in shared batches. ``tau_probs``: what the threshold
+    walk counts on (``(N, C)`` or ``(V, N, C)`` views, :func:`tau_walk`; default ``student_probs``), with
+    ``tau_walk`` and ``tau_checks`` its rule; the class selection always reads ``student_probs``.
 
     Memory: no crop pixels are held beyond one teacher batch (:func:`~ccdlib.scoring.embed_views` streams); what
     grows with ``N`` is the crop list (``M`` views, ~5 per image), the crop embeddings ``(M, D)`` float32 and, when
@@ -226,7 +262,8 @@ def classifier_guided_label_update(*, y_prev: np.ndarray, student_probs: np.ndar
 
     if tau0 is None:
         tau0 = 0.05 if ls else 0.001
-    tau = calibrate_class_threshold(student_probs, tau0=tau0, bound=bound, seed=seed, walk=tau_walk)
+    tau, made = _tau_walk(student_probs if tau_probs is None else tau_probs, tau0=tau0, bound=bound, seed=seed,
+                          walk=tau_walk, checks=tau_checks)
     selected = select_classes(student_probs, tau)
     crops, owner = cam_boxes(cams, selected, image_sizes, offset=offset, resolution=resolution,
                              threshold=threshold, box_rule=box_rule)
@@ -240,4 +277,5 @@ def classifier_guided_label_update(*, y_prev: np.ndarray, student_probs: np.ndar
     y_loc, has = local_pseudo_labels(crop_probs, owner[:, 0], n, bias, ls=ls)
     labels = mix_labels(y_prev, y_loc, has, r=r, no_crop=no_crop)
     return LabelUpdateResult(labels=labels, local=y_loc, has_crops=has, tau=tau, crops=crops, crop_owner=owner,
-                             crops_per_image=len(crops) / max(n, 1))
+                             crops_per_image=len(crops) / max(n, 1), tau_checks=made,
+                             classes_per_image=float(selected.sum(1).mean()) if n else 0.0)

@@ -28,6 +28,7 @@ from .metrics import evaluate, mean_average_precision, released_code_map
 from .pseudolabels import (ccd_initial_pseudo_labels, cdul_alignment_schedule, cdul_bernoulli_alignment_update,
                            cdul_gradient_alignment_update, cdul_initial_pseudo_labels)
 from .label_update import classifier_guided_label_update
+from .schedule import Schedule, training_schedule
 from .scoring import embed_views
 from .student import alpha_for
 from .trainer import StudentTrainer
@@ -39,7 +40,7 @@ __all__ = [
     "pseudo_label_quality", "select_checkpoints", "RunResult", "run_teacher_global", "run_cdul", "run_ccd",
     "run_supervised", "run", "RUNNERS", "input_fingerprint", "check_inputs_unchanged", "check_writable",
     "check_splits", "TrainingState", "discard_training_state", "TEST_SCORES_FILE", "save_test_scores", "load_test_scores",
-    "run_with_test_scores",
+    "run_with_test_scores", "load_splits", "split_few_label", "train_view_probabilities",
 ]
 
 
@@ -62,7 +63,32 @@ def load_data(cfg: DataConfig, *, cache_dir: str | Path | None = None, seed: int
         train = train.subset(sorted(rng.choice(len(train), cfg.max_train, replace=False)), name=f"{train.name}[:{cfg.max_train}]")
     if cfg.max_test and cfg.max_test < len(test):
         test = test.subset(sorted(rng.choice(len(test), cfg.max_test, replace=False)), name=f"{test.name}[:{cfg.max_test}]")
+    train, _ = split_few_label(train, cfg)
     return train, test
+
+
+def split_few_label(train: MultiLabelDataset, cfg: DataConfig) -> tuple[MultiLabelDataset, MultiLabelDataset | None]:
+    """``(training split without the few-label images, the few-label validation split or None)``
+    (:func:`ccdlib.selection.few_label_split`, ``data.few_label_k`` per class, seeded by ``data.few_label_seed``)."""
+    from .selection import few_label_split
+    if not cfg.few_label_k:
+        return train, None
+    held = few_label_split(train.labels, k=cfg.few_label_k, seed=cfg.few_label_seed)
+    if not len(held) or len(held) >= len(train):
+        return train, None
+    keep = np.setdiff1d(np.arange(len(train)), held)
+    return (train.subset(keep, name=f"{train.name}-few{cfg.few_label_k}"),
+            train.subset(held, name=f"{train.name}:few_label{cfg.few_label_k}"))
+
+
+def load_splits(cfg: DataConfig, *, cache_dir: str | Path | None = None, seed: int = 0
+                ) -> tuple[MultiLabelDataset, MultiLabelDataset, MultiLabelDataset | None]:
+    """:func:`load_data`'s splits plus the few-label validation split held out of training (or None):
+    ``(train, test, val)``."""
+    full_cfg = replace(cfg, few_label_k=0)
+    train, test = load_data(full_cfg, cache_dir=cache_dir, seed=seed)
+    train, val = split_few_label(train, cfg)
+    return train, test, val
 
 
 _TEACHERS: dict[str, Teacher] = {}
@@ -86,6 +112,7 @@ class Context:
     teacher: Teacher
     classifier: torch.Tensor          # (C, D)
     cache_dir: Path
+    val: MultiLabelDataset | None = None   # the few-label validation split held out of training (data.few_label_k)
     sizes: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     inputs: dict[str, dict[str, str]] = field(default_factory=dict)   # input_fingerprint(train, test)
     file_stats: dict[str, list] = field(default_factory=dict)          # split -> file_fingerprints of its images
@@ -93,7 +120,9 @@ class Context:
     write_state: bool = False         # this process writes it (rank 0 of a saving run)
 
     def split(self, name: str) -> MultiLabelDataset:
-        return {"train": self.train, "test": self.test}[name]
+        if name == "val" and self.val is None:
+            raise KeyError("this context has no few-label validation split (data.few_label_k: 0)")
+        return {"train": self.train, "test": self.test, "val": self.val}[name]
 
     def image_sizes(self, split: str) -> list[tuple[int, int]]:
         if split not in self.sizes:
@@ -101,9 +130,10 @@ class Context:
         return self.sizes[split]
 
 
-def make_context(cfg: RunConfig, *, data: tuple[MultiLabelDataset, MultiLabelDataset] | None = None) -> Context:
-    """Load the data and the teacher for ``cfg`` (validates everything cheap first). ``data``: the splits, when the
-    caller has loaded them already (:func:`run` does, to decide whether finished results are still valid)."""
+def make_context(cfg: RunConfig, *, data: tuple[MultiLabelDataset, ...] | None = None) -> Context:
+    """Load the data and the teacher for ``cfg`` (validates everything cheap first). ``data``: the splits
+    ``(train, test)`` or ``(train, test, val)``, when the caller has loaded them already (:func:`run` does, to
+    decide whether finished results are still valid)."""
     from .errors import ConfigError
     from .teachers import resolve_device
     for key, dev in (("teacher.device", cfg.teacher.device), ("student.device", cfg.student.device)):
@@ -128,7 +158,10 @@ def make_context(cfg: RunConfig, *, data: tuple[MultiLabelDataset, MultiLabelDat
         raise ConfigError(f"student.trunk_weights: file not found: {weights}")
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     check_writable_dir(cache_dir, "cache folder (cache_dir, or $CCDLIB_CACHE)")   # before any work
-    train, test = data if data is not None else load_data(cfg.data, cache_dir=cache_dir, seed=cfg.seed)
+    if data is None:
+        data = load_splits(cfg.data, cache_dir=cache_dir, seed=cfg.seed)
+    train, test = data[0], data[1]
+    val = data[2] if len(data) > 2 else None
     check_splits(train, test)
     stats = {"train": file_fingerprints(train.image_paths), "test": file_fingerprints(test.image_paths)}
     inputs = input_fingerprint(train, test, file_stats=stats)
@@ -136,7 +169,7 @@ def make_context(cfg: RunConfig, *, data: tuple[MultiLabelDataset, MultiLabelDat
         teacher = get_teacher(cfg.teacher)
     classifier = teacher.text_classifier(train.prompt_names, cfg.teacher.templates)
     return Context(cfg=cfg, train=train, test=test, teacher=teacher, classifier=classifier, cache_dir=cache_dir,
-                   inputs=inputs, file_stats=stats)
+                   val=val, inputs=inputs, file_stats=stats)
 
 
 # --------------------------------------------------------------------------------------------- input checks
@@ -248,179 +281,8 @@ def pseudo_label_quality(labels: np.ndarray, ds: MultiLabelDataset) -> dict[str,
 
 
 # --------------------------------------------------------------------------------------------- training log
-def select_checkpoints(train_map: list[float], test_map: list[float]) -> dict[str, int]:
-    """SPEC §7. ``last``: the last epoch. ``gt_free``: the first epoch ``e >= 2`` whose second difference of
-    train mAP against the pseudo-labels, ``m[e] - 2 m[e-1] + m[e-2]``, is positive (else the last epoch).
-    ``gt_best``: the epoch of best *test* mAP -- uses ground truth; never report it as unsupervised. Absent when
-    every test mAP is NaN (a test split without any labelled object)."""
-    last = len(train_map) - 1
-    gt_free = last
-    for e in range(2, len(train_map)):
-        if train_map[e] - 2 * train_map[e - 1] + train_map[e - 2] > 0:
-            gt_free = e
-            break
-    rules = {"last": last, "gt_free": gt_free}
-    if not np.all(np.isnan(np.asarray(test_map, dtype=np.float64))):   # a test split without labels: no gt_best
-        rules["gt_best"] = int(np.nanargmax(test_map))
-    return rules
-
-
-class TrainingState:
-    """The resumable training state of one run (issue 11), in ``ctx.state_dir`` (``out_dir/<run>/training/``).
-
-    After every epoch ``e``: ``epoch_<e>.pt`` holds that epoch's model (the head in frozen mode), the pseudo-labels
-    it trained on, its history row and test scores; then ``state.pt`` (written last: it marks epoch ``e`` done)
-    holds the trainer's :meth:`~ccdlib.trainer.StudentTrainer.training_state` (model, optimiser, epoch, alpha), the
-    number of finished epochs and the run's :func:`input_fingerprint`. No RNG state: every random draw of an epoch
-    is derived from ``(seed, epoch)``. A rerun replays the finished epochs (restoring each epoch's model, so that
-    what a runner computes between epochs -- CDUL's gradient alignment, CCD's label update -- is recomputed
-    exactly; the teacher's crops come from the cache) and trains from the first unfinished one. A saved epoch
-    whose pseudo-labels differ from the rerun's, or other inputs, is discarded (and said so)."""
-
-    def __init__(self, ctx: Context):
-        self.dir = ctx.state_dir
-        self.write = ctx.write_state and self.dir is not None
-        self.inputs = ctx.inputs
-        self.done = 0                       # epochs that can be replayed
-        self.state: dict | None = None
-        if self.dir is None or not (self.dir / "state.pt").exists():
-            return
-        try:
-            state = torch.load(self.dir / "state.pt", map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 -- an unreadable state is discarded, never trusted
-            print(f"training state in {self.dir} is unreadable ({type(e).__name__}): training from epoch 1")
-            return
-        if state.get("inputs") != self.inputs:
-            print(f"training state in {self.dir} was made on other data: training from epoch 1")
-            return
-        self.state, self.done = state, int(state["epochs_done"])
-
-    def _path(self, epoch: int) -> Path:
-        return self.dir / f"epoch_{epoch:03d}.pt"
-
-    def replay(self, epoch: int, targets: np.ndarray, trainer: StudentTrainer) -> dict | None:
-        """The saved ``{"row", "test_scores", "model"}`` of ``epoch`` with the trainer restored to its end, or
-        ``None`` (train it) when it was not finished or trained on other pseudo-labels."""
-        if epoch >= self.done:
-            return None
-        try:
-            saved = torch.load(self._path(epoch), map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001
-            saved = None
-        if saved is None or not np.array_equal(saved["targets"], np.asarray(targets, dtype=np.float32)):
-            print(f"training state in {self.dir}: epoch {epoch + 1} was trained on other pseudo-labels: "
-                  f"training from epoch {epoch + 1}")
-            self.done = epoch
-            return None
-        if epoch == self.done - 1:
-            trainer.load_training_state(self.state)      # model, optimiser, epoch, alpha
-        else:
-            trainer.load_state_dict(saved["model"])
-            trainer.epoch = epoch + 1
-            trainer.alpha = saved["row"]["alpha"]
-        return saved
-
-    def save(self, epoch: int, targets: np.ndarray, row: dict, test_scores: np.ndarray,
-             trainer: StudentTrainer, *, labels_after: np.ndarray | None = None) -> None:
-        if not self.write:
-            return
-        import io
-        from .errors import OutputError
-
-        def write(path: Path, obj: dict) -> None:
-            buf = io.BytesIO()
-            torch.save(obj, buf)
-            atomic_write_bytes(path, buf.getvalue())
-        try:
-            write(self._path(epoch), {"model": trainer.state_dict(), "targets": np.asarray(targets, dtype=np.float32),
-                                      "row": row, "test_scores": test_scores,
-                                      "labels_after": None if labels_after is None else np.array(labels_after)})
-            write(self.dir / "state.pt", {**trainer.training_state(), "epochs_done": epoch + 1,
-                                          "inputs": self.inputs})
-        except OSError as e:
-            raise OutputError(f"cannot write results to {self.dir}: {e.strerror or e} (the training state of "
-                              f"epoch {epoch + 1})") from None
-        self.done = max(self.done, epoch + 1)
-
-
-def discard_training_state(state_dir: Path | None) -> None:
-    """Remove the files :class:`TrainingState` writes (and the folder, if that leaves it empty); nothing else."""
-    if state_dir is None or not state_dir.is_dir():
-        return
-    for p in [*state_dir.glob("epoch_[0-9][0-9][0-9].pt"), state_dir / "state.pt"]:
-        p.unlink(missing_ok=True)
-    try:
-        state_dir.rmdir()
-    except OSError:
-        pass
-
-
-class TrainingLog:
-    """Runs the per-epoch bookkeeping: train mAP against the current pseudo-labels, test metrics, checkpoints;
-    saves the resumable training state after each epoch and replays finished epochs (:class:`TrainingState`);
-    prints one line per epoch (loss, train mAP against the pseudo-labels, test mAP)."""
-
-    def __init__(self, ctx: Context, trainer: StudentTrainer):
-        self.ctx, self.trainer = ctx, trainer
-        self.history: list[dict] = []
-        self.test_scores: list[np.ndarray] = []
-        self.states: list[dict] = []
-        self.t0 = time.perf_counter()
-        self.resume = TrainingState(ctx)
-
-    def _print(self, row: dict, note: str = "") -> None:
-        from .distributed import rank_and_world
-        if rank_and_world()[0] == 0:
-            print(f"epoch {row['epoch'] + 1}/{self.ctx.cfg.epochs}  loss {row.get('loss', float('nan')):.4f}  "
-                  f"train mAP {row['train_mAP_vs_pseudo']:.2f} (vs pseudo-labels)  test mAP {row['test_mAP']:.2f}"
-                  f"{note}", flush=True)
-
-    def epoch(self, targets: np.ndarray, *, alpha: float, consistency: bool, loss: str = "bce",
-              on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
-              live_labels: np.ndarray | None = None) -> dict:
-        """Train (or, after an interruption, replay) one epoch. ``on_batch(idx, logits)`` runs after every optimiser
-        step (CDUL's alignment); ``live_labels`` is the array it writes: saved with the epoch and restored on replay."""
-        saved = self.resume.replay(len(self.history), targets, self.trainer)
-        if saved is not None:                   # finished before an interruption: restored, not retrained
-            if live_labels is not None and saved.get("labels_after") is not None:
-                np.copyto(live_labels, saved["labels_after"])
-            self.history.append(saved["row"])
-            self.test_scores.append(saved["test_scores"])
-            self.states.append(saved["model"])
-            self._print(saved["row"], f"  (resumed from {self.resume.dir})")
-            return saved["row"]
-        row = self._epoch(targets, alpha=alpha, consistency=consistency, loss=loss, on_batch=on_batch)
-        check_inputs_unchanged(self.ctx)        # the data folder replaced while this epoch ran: stop, save nothing
-        self._print(row)
-        self.resume.save(row["epoch"], targets, row, self.test_scores[-1], self.trainer, labels_after=live_labels)
-        return row
-
-    def _epoch(self, targets: np.ndarray, *, alpha: float, consistency: bool, loss: str = "bce",
-               on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None) -> dict:
-        t = time.perf_counter()
-        losses = self.trainer.fit_epoch(targets, alpha=alpha, consistency=consistency, loss=loss, on_batch=on_batch)
-        train_logits = self.trainer.predict_logits()
-        test_logits = self.trainer.predict_logits(self.ctx.test.image_paths)
-        test_prob = 1.0 / (1.0 + np.exp(-test_logits))
-        hard = (np.asarray(targets) >= 0.5).astype(np.uint8)
-        # the GT-free rule's train mAP (RunConfig.gt_free_input): "eval" = eval-mode logits vs labels >= 0.5;
-        # "released" = the epoch's training outputs vs labels == 1, released mAP (train.py, end of the epoch loop)
-        map_eval = mean_average_precision(train_logits, hard).map
-        map_released = released_code_map(losses["train_scores"], (np.asarray(targets) == 1).astype(np.uint8)).map
-        train_map = map_released if self.ctx.cfg.gt_free_input == "released" else map_eval
-        test_metrics = evaluate(test_prob, self.ctx.test.labels, class_names=list(self.ctx.test.class_ids))
-        scalars = {k: float(v) for k, v in losses.items() if k in ("loss", "bce", "consistency")}
-        row = {"epoch": len(self.history), "alpha": alpha, "consistency_on": consistency, **scalars,
-               "train_mAP_vs_pseudo": train_map, "train_mAP_eval": map_eval, "train_mAP_released": map_released,
-               **{f"test_{k}": v for k, v in test_metrics.items()},
-               "seconds": time.perf_counter() - t}
-        self.history.append(row)
-        self.test_scores.append(test_prob)
-        self.states.append({k: v.detach().cpu().clone() for k, v in self.trainer.state_dict().items()})
-        return row
-
-    def train_probabilities(self) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self.trainer.predict_logits()))
+from .selection import select_checkpoints  # noqa: E402  (re-exported: the rules live in ccdlib.selection)
+from .training_log import TrainingLog, TrainingState, discard_training_state  # noqa: E402
 
 
 @dataclass
@@ -450,25 +312,39 @@ class RunResult:
 
 def _finish(ctx: Context, log: TrainingLog | None, *, method: str, stages: dict[str, np.ndarray], info: dict,
             seconds: dict[str, float], zero_shot: np.ndarray | None = None) -> RunResult:
+    """Pick each selection rule's checkpoint (:func:`ccdlib.selection.select_checkpoints`) and fold the run into a
+    :class:`RunResult`: per rule the checkpoint, its test metrics under the run's scoring rule and the test
+    probabilities under it (``test_scores[rule]``) and under sigmoid and softmax (``test_scores[rule + "__sigmoid"]``
+    ...)."""
+    from .selection import scores_from_logits
     quality = {stage: pseudo_label_quality(y, ctx.train) for stage, y in stages.items()}
     selected: dict[str, dict] = {}
     scores: dict[str, np.ndarray] = {}
     states: dict[str, dict] = {}
     if log is not None:
+        val = [h.get("val_mAP", float("nan")) for h in log.history] if ctx.val is not None else None
         rules = select_checkpoints([h["train_mAP_vs_pseudo"] for h in log.history],
-                                   [h["test_mAP"] for h in log.history])
+                                   [h["test_mAP"] for h in log.history], val)
         for rule, e in rules.items():
-            selected[rule] = {"epoch": e, "uses_ground_truth": rule == "gt_best",
-                              "metrics": {k[5:]: v for k, v in log.history[e].items() if k.startswith("test_")}}
-            scores[rule] = log.test_scores[e]
+            h = log.history[e]
+            selected[rule] = {"epoch": e, "step": h["step"], "uses_ground_truth": rule == "gt_best",
+                              "uses_labels": {"gt_best": "test", "few_label": "few-label validation"}.get(rule, "none"),
+                              "scoring": log.scoring,
+                              "metrics": {k[5:]: v for k, v in h.items() if k.startswith("test_")}}
+            scores[rule] = scores_from_logits(log.test_logits[e], log.scoring)
+            for s in ("sigmoid", "softmax"):
+                scores[f"{rule}__{s}"] = scores_from_logits(log.test_logits[e], s)
             states[rule] = log.states[e]
+        info = {**info, "schedule": {**log.schedule.as_dict(), "batch_size": log.trainer.config.batch_size},
+                "scoring": log.scoring, "pass_rows": log.pass_rows}
     if zero_shot is not None:
         m = evaluate(zero_shot, ctx.test.labels, class_names=list(ctx.test.class_ids))
         selected["zero_shot"] = {"epoch": None, "uses_ground_truth": False, "metrics": m}
         scores["zero_shot"] = zero_shot
     seconds["total"] = sum(seconds.values())
     info = {**info, "class_ids": list(ctx.train.class_ids), "prompt_names": list(ctx.train.prompt_names),
-            "n_train": len(ctx.train), "n_test": len(ctx.test),
+            "n_train": len(ctx.train), "n_test": len(ctx.test), "n_few_label": 0 if ctx.val is None else len(ctx.val),
+            "few_label_ids": [] if ctx.val is None else list(ctx.val.image_ids),
             "feature_dim": None if log is None else log.trainer.student.feature_dim}
     return RunResult(name=ctx.cfg.name, method=method, config=config_to_dict(ctx.cfg),
                      history=[] if log is None else log.history, selected=selected, pseudo_label_quality=quality,
@@ -493,9 +369,27 @@ class _Timer:
 
 
 # --------------------------------------------------------------------------------------------- methods
+def _log(ctx: Context, trainer: StudentTrainer, method: str, *, student_loss: str | None = None
+         ) -> tuple[TrainingLog, Schedule]:
+    """The run's :class:`~ccdlib.schedule.Schedule` (its step budget in passes over this training split) and the
+    :class:`TrainingLog` that keeps its checkpoints under the run's scoring rule."""
+    from .selection import resolve_scoring
+    schedule = training_schedule(ctx.cfg, len(ctx.train), batch_size=trainer.config.batch_size)
+    return TrainingLog(ctx, trainer, schedule, scoring=resolve_scoring(ctx.cfg.scoring, method, student_loss)), schedule
+
+
+def _train_passes(log: TrainingLog, timer: "_Timer", targets: np.ndarray, passes: range, *, consistency: bool = False,
+                  loss: str = "bce") -> None:
+    """Train ``passes`` on fixed ``targets`` (alpha from ``student.alpha_schedule``)."""
+    st = log.ctx.cfg.student
+    for p in passes:
+        timer("student_training", lambda: log.train_pass(p, targets, alpha=alpha_for(p, st.coeff, st.alpha_schedule),
+                                                         consistency=consistency, loss=loss))
+
+
 def run_teacher_global(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
     """The teacher alone: zero-shot global prediction on the test split; and a student trained on the raw
-    global probabilities of the training split (no debiasing, no local views)."""
+    global probabilities of the training split (no debiasing, no local views), for the common step budget."""
     ctx = ctx or make_context(cfg)
     timer = _Timer()
     # 1. teacher global prediction (SPEC §2)
@@ -503,15 +397,15 @@ def run_teacher_global(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
     p_test = timer("teacher_global", lambda: global_probabilities(ctx, "test"))
     # 2. student on the global labels
     trainer = timer("student_features", lambda: _trainer(ctx))
-    log = TrainingLog(ctx, trainer)
-    for epoch in range(cfg.epochs):
-        timer("student_training", lambda: log.epoch(p_train, alpha=alpha_for(epoch, cfg.student.coeff, cfg.student.alpha_schedule), consistency=False))
+    log, schedule = _log(ctx, trainer, "teacher_global")
+    _train_passes(log, timer, p_train, range(schedule.passes))
     return _finish(ctx, log, method="teacher_global", stages={"global": p_train}, info={},
                    seconds=timer.seconds, zero_shot=p_test)
 
 
 def run_cdul(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
-    """CDUL (SPEC §3): global + 3x3-tile aggregation -> y0; train; refine labels by gradient alignment."""
+    """CDUL (SPEC §3): global + 3x3-tile aggregation -> y0; train; refine labels by gradient alignment in the
+    passes the schedule marks (``cdul.ga_warmup_steps`` / ``cdul.ga_every_steps``)."""
     ctx = ctx or make_context(cfg)
     c = cfg.cdul
     timer = _Timer()
@@ -521,10 +415,10 @@ def run_cdul(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
     # 2. global-local aggregation
     y = cdul_initial_pseudo_labels(p_global, p_tiles, theta=c.theta, lam=c.lam)
     stages = {"global": p_global, "cdul_initial": y}
-    # 3. train (softmax + KL as the reproduction, or BCE); in the scheduled epochs, after every optimiser step, move
+    # 3. train (softmax + KL as the reproduction, or BCE); in the scheduled passes, after every optimiser step, move
     #    that mini-batch's labels by gradient alignment with its pre-step predictions (SPEC §3)
     trainer = timer("student_features", lambda: _trainer(ctx, batch_size=c.batch_size or cfg.student.batch_size))
-    log = TrainingLog(ctx, trainer)
+    log, schedule = _log(ctx, trainer, "cdul", student_loss=c.student_loss)
     labels = np.array(y, dtype=np.float64, copy=True)      # the live labels the alignment writes
 
     def align(idx: np.ndarray, logits: np.ndarray) -> None:
@@ -535,25 +429,35 @@ def run_cdul(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
         else:
             labels[idx] = cdul_bernoulli_alignment_update(labels[idx], logits, sigma=c.ga_sigma, step=c.ga_step)
 
-    aligned_epochs = []
-    for epoch in range(cfg.epochs):
-        on = c.gradient_alignment and cdul_alignment_schedule(epoch, warmup=c.ga_warmup, every=c.ga_every)
-        timer("student_training", lambda: log.epoch(y, alpha=alpha_for(epoch, cfg.student.coeff, cfg.student.alpha_schedule),
-                                                    consistency=False, loss=c.student_loss,
-                                                    on_batch=align if on else None,
-                                                    live_labels=labels if on else None))
+    st = cfg.student
+    for p in range(schedule.passes):
+        on = p in schedule.align_passes
+        timer("student_training", lambda: log.train_pass(p, y, alpha=alpha_for(p, st.coeff, st.alpha_schedule),
+                                                         consistency=False, loss=c.student_loss,
+                                                         on_batch=align if on else None,
+                                                         live_labels=labels if on else None, save=on))
         if on:
-            aligned_epochs.append(epoch)
             y = labels.copy()
     if c.gradient_alignment:
         stages["cdul_final"] = y
-    info = {"aligned_epochs": aligned_epochs, "student_loss": c.student_loss,
+    info = {"aligned_epochs": list(schedule.align_passes), "aligned_steps": [schedule.step_after(p) for p in
+                                                                             schedule.align_passes],
+            "alignments": len(schedule.align_passes), "student_loss": c.student_loss,
             "alignment": c.alignment if c.gradient_alignment else None}
     return _finish(ctx, log, method="cdul", stages=stages, info=info, seconds=timer.seconds)
 
 
+def train_view_probabilities(trainer: StudentTrainer) -> np.ndarray:
+    """``(2, N, C)`` sigmoid outputs of the student on the training views it trains on (448 px; unflipped and
+    flipped): what the released tau walk counts on (``train.py`` 114-122, the training loader with random flips)."""
+    n = len(trainer.image_paths)
+    idx = np.arange(n)
+    return np.stack([1.0 / (1.0 + np.exp(-trainer.view_logits(idx, np.full(n, f)))) for f in (False, True)])
+
+
 def run_ccd(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
-    """CCD (SPEC §4-§6): debiased global labels -> warm-up -> classifier-guided label update -> consistency."""
+    """CCD (SPEC §4-§6): debiased global labels -> warm-up (``ccd.warmup_steps``) -> classifier-guided label
+    update -> consistency, for the common step budget."""
     ctx = ctx or make_context(cfg)
     c = cfg.ccd
     timer = _Timer()
@@ -567,48 +471,53 @@ def run_ccd(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
     info: dict[str, Any] = {"bias": init.bias.tolist(), "bias_fell_back": [ctx.train.class_ids[k] for k in init.fell_back],
                             "n_confident": int(init.confident.sum())}
     trainer = timer("student_features", lambda: _trainer(ctx))
-    log = TrainingLog(ctx, trainer)
-    # 3. warm-up epochs on the initial labels
-    warmup = c.warmup_epochs if c.local_views else 0
-    schedule = cfg.student.alpha_schedule
-    for epoch in range(warmup):
-        timer("student_training", lambda: log.epoch(y, alpha=alpha_for(epoch, cfg.student.coeff, schedule), consistency=False))
-    # 4. the classifier-guided label update, once (SPEC §6): the student on the cam_image_size image (released: 640 px)
-    #    gives the probabilities for tau and the class selection, and its (alpha-scaled) CAMs give the boxes
+    log, schedule = _log(ctx, trainer, "ccd")
+    # 3. warm-up passes on the initial labels
+    warmup = schedule.warmup_passes
+    _train_passes(log, timer, y, range(warmup))
+    info["steps_before_update"] = schedule.steps_before_update
+    # 4. the classifier-guided label update, once (SPEC §6): tau from the student on its training views (or the
+    #    cam_image_size pass: ccd.tau_input), the class selection and the (alpha-scaled) CAMs from the
+    #    cam_image_size image (released: 640 px)
     if c.local_views:
+        info["warmup_test_mAP"] = timer("label_update", log.test_map_now)
         size = c.cam_image_size or cfg.student.image_size
         cam_alpha = trainer.alpha if c.cam_alpha else None
         probs = timer("label_update", lambda: 1.0 / (1.0 + np.exp(-trainer.predict_logits(image_size=size))))
+        tau_probs = timer("label_update", lambda: train_view_probabilities(trainer)) \
+            if c.tau_input == "train_views" else probs
         upd = timer("label_update", lambda: classifier_guided_label_update(
             y_prev=y, student_probs=probs, cams=lambda idx: trainer.cams(idx, alpha=cam_alpha, image_size=size),
             teacher=ctx.teacher,
             classifier=ctx.classifier, image_paths=ctx.train.image_paths, image_sizes=ctx.image_sizes("train"),
             bias=init.bias, ls=c.ls or None, r=c.r, offset=c.offset, resolution=c.resolution,
             threshold=c.cam_threshold, box_rule=c.box_rule, bound=c.bound, seed=cfg.seed,
-            tau_walk=c.tau_walk, no_crop=c.no_crop,
+            tau_walk=c.tau_walk, tau_probs=tau_probs, tau_checks=c.tau_checks, no_crop=c.no_crop,
             batch_size=cfg.teacher_batch_size or None, cache_dir=ctx.cache_dir))
         y = upd.labels
         stages["ccd_local"] = np.where(upd.has_crops[:, None] | (c.no_crop == "floor"), upd.local, init.labels)
         stages["ccd_updated"] = upd.labels
-        info.update(tau=upd.tau, crops=len(upd.crops), crops_per_image=upd.crops_per_image,
+        info.update(tau=upd.tau, tau_checks=upd.tau_checks, classes_per_image=upd.classes_per_image,
+                    crops=len(upd.crops), crops_per_image=upd.crops_per_image,
                     images_without_crops=int((~upd.has_crops).sum()),
                     updated_labels_equal_1=int((upd.labels == 1).sum()))
-    # 5. the remaining epochs, with the consistency loss
-    for epoch in range(warmup, cfg.epochs):
-        timer("student_training", lambda: log.epoch(y, alpha=alpha_for(epoch, cfg.student.coeff, schedule),
-                                                    consistency=c.consistency and c.local_views))
+        if ctx.train.boxes is not None and upd.crops:
+            from .analysis import crop_summary
+            info["crops"] = len(upd.crops)
+            info["crop_summary"] = crop_summary(upd.crops, upd.crop_owner, ctx.train.boxes)
+    # 5. the remaining passes, with the consistency loss
+    _train_passes(log, timer, y, range(warmup, schedule.passes), consistency=c.consistency and c.local_views)
     return _finish(ctx, log, method="ccd", stages=stages, info=info, seconds=timer.seconds)
 
 
 def run_supervised(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
-    """The upper bound: the same student trained on the ground-truth labels of the training split."""
+    """The upper bound: the same student trained on the ground-truth labels of the training split (same budget)."""
     ctx = ctx or make_context(cfg)
     timer = _Timer()
     y = ctx.train.labels.astype(np.float64)
     trainer = timer("student_features", lambda: _trainer(ctx))
-    log = TrainingLog(ctx, trainer)
-    for epoch in range(cfg.epochs):
-        timer("student_training", lambda: log.epoch(y, alpha=alpha_for(epoch, cfg.student.coeff, cfg.student.alpha_schedule), consistency=False))
+    log, schedule = _log(ctx, trainer, "supervised")
+    _train_passes(log, timer, y, range(schedule.passes))
     return _finish(ctx, log, method="supervised", stages={}, info={}, seconds=timer.seconds)
 
 
@@ -713,9 +622,9 @@ def run(cfg: RunConfig, *, ctx: Context | None = None, force: bool = False, save
     if save and not force and (out / "result.json").exists():
         if ctx is None:
             cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-            data = load_data(cfg.data, cache_dir=cache_dir, seed=cfg.seed)
-            check_splits(*data)
-            inputs = input_fingerprint(*data)
+            data = load_splits(cfg.data, cache_dir=cache_dir, seed=cfg.seed)
+            check_splits(data[0], data[1])
+            inputs = input_fingerprint(data[0], data[1])
         else:
             inputs = ctx.inputs or input_fingerprint(ctx.train, ctx.test)
         old = load_result(out)

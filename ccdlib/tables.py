@@ -42,6 +42,7 @@ RULE_LABELS: dict[str, str] = {
     "last": "last epoch",
     "gt_free": "GT-free (2nd difference of train mAP)",
     "gt_best": "best test mAP (uses test ground truth)",
+    "few_label": "few-label validation (k labelled training images per class)",
 }
 
 #: Row names of the main table, in display order. A ``teacher_global`` run gives two rows.
@@ -88,7 +89,7 @@ def method_label(method: str) -> str:
 def _ground_truth_used(method: str, rule: str) -> str:
     if method == "supervised":
         return "train labels (training)" + ("; test labels (selection)" if rule == "gt_best" else "")
-    return "test labels (selection)" if rule == "gt_best" else "none"
+    return {"gt_best": "test labels (selection)", "few_label": "few-label validation labels (selection)"}.get(rule, "none")
 
 
 def _row(result: Mapping[str, Any], rule: str, metrics: Sequence[str], *, label_key: str) -> dict[str, Any]:
@@ -128,8 +129,9 @@ def main_table(results: Iterable[Mapping[str, Any]], *, rule: str = "gt_free",
         ``ground_truth_used`` says where labels entered: ``"none"``, ``"test labels (selection)"`` (rule
         ``gt_best``) or ``"train labels (training)"`` (the supervised bound).
     """
-    if rule not in ("last", "gt_free", "gt_best"):
-        raise ValueError(f"rule must be 'last', 'gt_free' or 'gt_best' (the zero-shot row is always added), got {rule!r}")
+    if rule not in ("last", "gt_free", "gt_best", "few_label"):
+        raise ValueError(f"rule must be 'last', 'gt_free', 'gt_best' or 'few_label' (the zero-shot row is always "
+                         f"added), got {rule!r}")
     rows = []
     for res in results:
         if res["method"] == "teacher_global" and "zero_shot" in res["selected"]:
@@ -204,9 +206,9 @@ def epoch_curves(results: Iterable[Mapping[str, Any]], *, metric: str = "mAP") -
     for res in results:
         for h in res.get("history", []):
             rows.append({"method": method_label(_method_key(res)), "epoch": int(h["epoch"]),
-                         f"test_{metric}": float(h[f"test_{metric}"]),
+                         "step": int(h.get("step", h["epoch"])), f"test_{metric}": float(h[f"test_{metric}"]),
                          "train_mAP_vs_pseudo": float(h["train_mAP_vs_pseudo"])})
-    return pd.DataFrame(rows, columns=["method", "epoch", f"test_{metric}", "train_mAP_vs_pseudo"])
+    return pd.DataFrame(rows, columns=["method", "epoch", "step", f"test_{metric}", "train_mAP_vs_pseudo"])
 
 
 def selected_epochs(results: Iterable[Mapping[str, Any]], *, rules: Sequence[str] = ("last", "gt_free", "gt_best"),
@@ -219,8 +221,8 @@ def selected_epochs(results: Iterable[Mapping[str, Any]], *, rules: Sequence[str
             if sel is None or sel["epoch"] is None:
                 continue
             rows.append({"method": method_label(_method_key(res)), "rule": rule, "epoch": int(sel["epoch"]),
-                         f"test_{metric}": float(sel["metrics"][metric])})
-    return pd.DataFrame(rows, columns=["method", "rule", "epoch", f"test_{metric}"])
+                         "step": int(sel.get("step") or sel["epoch"]), f"test_{metric}": float(sel["metrics"][metric])})
+    return pd.DataFrame(rows, columns=["method", "rule", "epoch", "step", f"test_{metric}"])
 
 
 # --------------------------------------------------------------------------------------------- ablations
@@ -447,8 +449,8 @@ def seeded_main_table(runs: Iterable[SeedRun], labels: Mapping[str, np.ndarray],
         mAP_seedavg, mAP_lo, mAP_hi, <REF>_minus_row, <REF>_minus_row_lo, <REF>_minus_row_hi``.
     """
     from .stats import bootstrap_map, paired_bootstrap_difference, seed_averaged_scores, seed_mean_sd
-    if rule not in ("last", "gt_free", "gt_best"):
-        raise ValueError(f"rule must be 'last', 'gt_free' or 'gt_best', got {rule!r}")
+    if rule not in ("last", "gt_free", "gt_best", "few_label"):
+        raise ValueError(f"rule must be 'last', 'gt_free', 'gt_best' or 'few_label', got {rule!r}")
     ref_col = f"{method_label(reference)}_minus_row".replace(" ", "_")
     groups = _seed_groups(runs, rule)
     order = {k: i for i, k in enumerate(METHOD_LABELS)}

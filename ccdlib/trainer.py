@@ -444,6 +444,39 @@ class StudentTrainer:
         return self._base_outputs(image_paths, None, lambda cam: cam_to_logits(cam, a).float().cpu().numpy(),
                                   image_size=image_size)
 
+    def view_logits(self, indices: Sequence[int], flips: Sequence[bool], *,
+                    alpha: float | np.ndarray | None = None) -> np.ndarray:
+        """``(len(indices), C)`` float32 logits of training images ``indices`` on their training views (the config's
+        image size, horizontally flipped where ``flips``), in eval mode: what the released tau walk counts on."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        fl = np.asarray(flips, dtype=bool).reshape(-1)
+        if fl.shape != idx.shape:
+            raise ValueError(f"flips must have one entry per index ({idx.shape}), got {fl.shape}")
+        a = self._alpha_tensor(self.alpha if alpha is None else alpha)
+        cfg = self.config
+        was_training = self.student.training
+        self.student.eval()
+        outs = []
+        try:
+            with torch.inference_mode():
+                if cfg.mode == "frozen":
+                    feats = self._views(["base", "flip"])
+                    for b in range(0, len(idx), cfg.batch_size):
+                        i, f = idx[b:b + cfg.batch_size], fl[b:b + cfg.batch_size]
+                        x = np.where(f[:, None, None, None], feats["flip"][i], feats["base"][i])
+                        cam = self.student.head(torch.from_numpy(np.ascontiguousarray(x)).to(self.device).float())
+                        outs.append(cam_to_logits(cam, a).float().cpu().numpy())
+                else:
+                    for i, f in zip(idx, fl):
+                        x = preprocess_image(load_rgb(self.image_paths[i]), trunk=cfg.trunk,
+                                             image_size=cfg.image_size, flip=bool(f))[None].to(self.device)
+                        outs.append(cam_to_logits(self.student.head(self.student.trunk(x)), a).float().cpu().numpy())
+        finally:
+            self.student.train(was_training)
+            if cfg.mode == "frozen":
+                self.student.trunk.eval()
+        return np.concatenate(outs) if outs else np.zeros((0, self.num_classes), dtype=np.float32)
+
     def cams(self, indices: Sequence[int] | None = None, image_paths: Sequence[str | Path] | None = None, *,
              alpha: float | np.ndarray | None = None, image_size: int | None = None) -> np.ndarray:
         """``(N, C, h, w)`` float32 CAMs of base views: of the training images (``image_paths=None``) or of

@@ -8,11 +8,13 @@ from ccdlib.errors import ConfigError
 def test_defaults_are_the_papers():
     cfg = RunConfig()
     assert (cfg.ccd.r, cfg.ccd.offset, cfg.ccd.bound, cfg.ccd.ls, cfg.ccd.h_max) == (0.2, 80.0, 4.0, 20.0, 2.0)
-    assert (cfg.ccd.warmup_epochs, cfg.ccd.resolution, cfg.ccd.cam_threshold) == (2, 640, 0.95)
+    assert (cfg.ccd.warmup_steps, cfg.ccd.warmup_epochs, cfg.ccd.resolution, cfg.ccd.cam_threshold) == (628, None, 640, 0.95)
     assert cfg.ccd.box_rule == "minmax" and cfg.ccd.bias_fallback == "mean"
     assert (cfg.cdul.grid, cfg.cdul.theta, cfg.cdul.lam) == (3, 0.0, 0.0)
     assert (cfg.student.batch_size, cfg.student.coeff, cfg.student.lr) == (16, 3.0, 1e-5)
-    assert cfg.epochs == 10
+    # budgets in optimiser steps: the released CCD run on VOC07 trainval (10 and 2 epochs of ceil(5011 / 16) steps)
+    assert (cfg.steps, cfg.eval_every_steps, cfg.epochs) == (3140, 314, None)
+    assert (cfg.cdul.ga_warmup_steps, cfg.cdul.ga_every_steps) == (314, 314)
 
 
 @pytest.mark.parametrize("override, culprit", [

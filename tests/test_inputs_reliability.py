@@ -70,10 +70,10 @@ def test_run_config_data_rebuild_reaches_the_builder(source, tmp_path):
     from ccdlib.config import DataConfig, RunConfig
     from ccdlib.runs import load_data
     root = str(tmp_path / "set")
-    train, _ = load_data(DataConfig(root=root, n_train=2, n_test=1), cache_dir=default_cache_dir())
+    train, _ = load_data(DataConfig(root=root, n_train=2, n_test=1, few_label_k=0), cache_dir=default_cache_dir())
     assert len(train) == 2
     with pytest.raises(DatasetError, match=r"mosaic_seed|seed 0 -> 1"):
-        load_data(DataConfig(root=root, n_train=2, n_test=1, mosaic_seed=1), cache_dir=default_cache_dir())
+        load_data(DataConfig(root=root, n_train=2, n_test=1, mosaic_seed=1, few_label_k=0), cache_dir=default_cache_dir())
     load_data(DataConfig(root=root, n_train=2, n_test=1, mosaic_seed=1, rebuild=True), cache_dir=default_cache_dir())
     assert json.loads((tmp_path / "set" / "mosaic.json").read_text())["params"]["seed"] == 1
     assert RunConfig().name == RunConfig(data=DataConfig(rebuild=True)).name   # not part of what the run is

@@ -209,7 +209,7 @@ def test_load_data_passes_the_protocol(source, tmp_path, monkeypatch):
     real = mosaic.build_mosaics
     monkeypatch.setattr(mosaic, "build_mosaics", lambda root, **kw: seen.update(kw) or real(
         root, **{**kw, "image_size": 64, "source": source, "progress": False}))
-    train, test = load_data(DataConfig(n_train=3, n_test=2, stamps="shared", root=str(tmp_path / "d")))
+    train, test = load_data(DataConfig(n_train=3, n_test=2, stamps="shared", root=str(tmp_path / "d"), few_label_k=0))
     assert seen["stamps"] == "shared" and len(train) == 3 and len(test) == 2
     assert _info(tmp_path / "d")["params"]["stamps"] == "shared"
 

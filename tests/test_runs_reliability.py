@@ -179,14 +179,14 @@ def test_finished_run_is_reused_only_when_the_inputs_match(data, shared_cache, t
 # --------------------------------------------------------------------------------------------------
 def test_data_replaced_during_the_run_stops_it(data, shared_cache, tmp_path, monkeypatch):
     cfg = _cfg(data, tmp_path, shared_cache, method="supervised", epochs=2)
-    orig = ccdlib.runs.TrainingLog._epoch
+    orig = ccdlib.runs.TrainingLog._evaluate
 
     def epoch_then_rebuild(self, *a, **kw):
         row = orig(self, *a, **kw)
-        if row["epoch"] == 0:   # "another build into the same folder": a test image replaced
+        if row[0]["epoch"] == 0:   # "another build into the same folder": a test image replaced
             shutil.copy(data / "JPEGImages" / "test_000003.jpg", data / "JPEGImages" / "test_000004.jpg")
         return row
-    monkeypatch.setattr(ccdlib.runs.TrainingLog, "_epoch", epoch_then_rebuild)
+    monkeypatch.setattr(ccdlib.runs.TrainingLog, "_evaluate", epoch_then_rebuild)
     with pytest.raises(DatasetError) as e:
         run(cfg)
     assert str(data) in str(e.value) and "changed during the run" in str(e.value)
@@ -207,7 +207,7 @@ def test_unlabelled_test_split_trains_labels_and_saves(data, shared_cache, tmp_p
         result = run(cfg)
     d = Path(cfg.out_dir) / cfg.name
     assert (d / "result.json").exists() and (d / "pseudo_labels.npz").exists()
-    assert set(result["selected"]) == {"last", "gt_free"}                  # gt_best skipped
+    assert set(result["selected"]) == {"last", "gt_free", "few_label"}     # gt_best skipped
     assert result["selected"]["last"]["metrics"]["mAP"] is None            # NaN, saved as null
     assert result["pseudo_label_quality"]["ccd_updated"]["mAP"] > 0        # the training split is labelled
     assert (d / "student_last.pt").exists() and not (d / "student_gt_best.pt").exists()
@@ -341,7 +341,7 @@ def test_killed_training_resumes_at_the_next_epoch(mosaic_root, shared_cache, tm
     assert count_epochs == list(range(kill_after + 1)) and not (d / "result.json").exists()
     assert (d / "training" / "state.pt").exists()
     out = capsys.readouterr().out
-    assert len(re.findall(r"^epoch \d/\d  loss \d\.\d{4}  train mAP .* test mAP ", out, flags=re.M)) == kill_after + 1
+    assert len(re.findall(r"^checkpoint \d/\d \(step \d+/\d+\)  loss \d\.\d{4}  train mAP .* test mAP ", out, flags=re.M)) == kill_after + 1
     monkeypatch.undo()
     monkeypatch.setattr(StudentTrainer, "fit_epoch", _counting(count_epochs))
     count_epochs.clear()
@@ -421,6 +421,10 @@ BAD = {   # every flat parameter -> a value it must refuse (out of range where t
     "cdul_alignment": "bce", "cdul_batch_size": -1, "cdul_ga_every": 0, "cdul_ga_warmup": -1,
     "cdul_student_loss": "mse", "data_rebuild": "yes", "gt_free_input": "test", "student_alpha_schedule": "late",
     "teacher_conse_hierarchy": "on", "teacher_normalization": "clip",
+    # issue 15: budgets in optimiser steps, the tau walk at the paper's scale, the few-label split, scoring
+    "steps": 0, "eval_every_steps": 0, "scoring": "logit", "ccd_warmup_steps": -1, "ccd_tau_checks": 0,
+    "ccd_tau_input": "loader", "cdul_ga_warmup_steps": -1, "cdul_ga_every_steps": 0, "data_few_label_k": -1,
+    "data_few_label_seed": -1,
 }
 
 

@@ -1,0 +1,170 @@
+"""A fair comparison (docs/method.md §6a, §7): every verdict under every selection rule, convergence of every trained
+row, and the verdicts' robustness to the step budget.
+
+- :func:`claims_by_rule` -- each claim's paired difference and verdict under ``oracle``, ``last``, ``gt_free`` and
+  ``few_label`` (:mod:`ccdlib.selection`); :func:`claim_verdicts` folds them: a claim *holds* only if it holds under
+  every label-free rule; :func:`claims_by_rule_paragraph` says so in words.
+- :func:`convergence_table` -- per trained row x protocol x seed: best and last test mAP, the step of the best,
+  and a note, measured, where the last checkpoint is more than ``tol`` below the best.
+- :func:`scoring_table` -- each row's seed-averaged mAP under sigmoid, softmax and its reference scoring.
+- :func:`budget_claims` -- :func:`claims_by_rule` at several step budgets.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .selection import RULE_KEYS, RULES
+from .tables import CLAIMS, SeedRun, _method_key, claims_table, method_label
+
+__all__ = ["LABEL_FREE_RULES", "claims_by_rule", "claim_verdicts", "claims_by_rule_paragraph", "convergence_table",
+           "scoring_table", "budget_claims"]
+
+#: The rules that read no label at selection time; a claim holds only if it holds under each of them.
+LABEL_FREE_RULES = ("last", "gt_free", "few_label")
+#: What each rule reads to pick the checkpoint.
+RULE_READS = {"oracle": "test labels (the papers' practice)", "last": "nothing",
+              "gt_free": "nothing (train mAP vs pseudo-labels)", "few_label": "k labelled training images per class"}
+
+
+def claims_by_rule(runs: Iterable[SeedRun], labels: Mapping[str, np.ndarray], *, rules: Sequence[str] = RULES,
+                   claims: Sequence[tuple[str, str, str]] = CLAIMS, n_resamples: int = 2000,
+                   confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """:func:`ccdlib.tables.claims_table` under each selection rule (report names, :data:`ccdlib.selection.RULES`),
+    stacked: ``rule, uses_test_labels, reads`` then its columns. Rules a run did not record (``few_label`` without
+    a few-label split) are skipped."""
+    runs = list(runs)
+    parts = []
+    for rule in rules:
+        key = RULE_KEYS[rule]
+        if not any(key in r.result["selected"] for r in runs):
+            continue
+        t = claims_table(runs, labels, rule=key, claims=claims, n_resamples=n_resamples, confidence=confidence,
+                         seed=seed)
+        t.insert(0, "reads", RULE_READS[rule])
+        t.insert(0, "uses_test_labels", rule == "oracle")
+        t.insert(0, "rule", rule)
+        parts.append(t)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def claim_verdicts(by_rule: pd.DataFrame) -> pd.DataFrame:
+    """One row per (protocol, claim): the verdict under each rule (columns named by rule) and ``verdict``:
+    ``holds`` / ``reversed`` when every label-free rule present says so, ``unresolved`` when none resolves it,
+    else ``depends on the rule``; ``oracle_agrees`` whether the test-label rule gives the same."""
+    if by_rule.empty:
+        return pd.DataFrame()
+    wide = by_rule.pivot_table(index=["protocol", "claim"], columns="rule", values="verdict", aggfunc="first",
+                               sort=False).reset_index()
+    free = [r for r in LABEL_FREE_RULES if r in wide.columns]
+
+    def fold(row: pd.Series) -> str:
+        vs = {row[r] for r in free}
+        if len(vs) == 1:
+            return vs.pop()
+        return "unresolved" if vs <= {"unresolved"} else "depends on the rule"
+    wide["verdict"] = wide.apply(fold, axis=1)
+    if "oracle" in wide.columns:
+        wide["oracle_agrees"] = wide["oracle"] == wide["verdict"]
+    return wide
+
+
+def claims_by_rule_paragraph(by_rule: pd.DataFrame, *, context: str = "") -> str:
+    """Markdown, written from :func:`claims_by_rule`: per protocol and claim, the rules under which it holds, is
+    reversed or unresolved, and the label-free verdict; ``context`` (teacher, data, budget, seeds) is quoted."""
+    if by_rule.empty:
+        return ""
+    v = claim_verdicts(by_rule)
+    lines = [f"**What holds here, under every model-selection rule** ({context}; a claim holds only if it holds "
+             f"under every label-free rule: {', '.join(r for r in LABEL_FREE_RULES if r in by_rule['rule'].unique())}"
+             f"; `oracle` reads the test labels):"]
+    for protocol, part in v.groupby("protocol", sort=False):
+        said = []
+        for _, r in part.iterrows():
+            rows = by_rule[(by_rule["protocol"] == protocol) & (by_rule["claim"] == r["claim"])]
+            per = ", ".join(f"{x['rule']} {x['diff']:+.1f} [{x['diff_lo']:+.1f}, {x['diff_hi']:+.1f}] {x['verdict']}"
+                            for _, x in rows.iterrows())
+            said.append(f"{r['claim']}: **{r['verdict']}** ({per})")
+        lines.append(f"- *{protocol} stamps*: " + "; ".join(said) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _row_label(result: Mapping[str, Any]) -> str:
+    return method_label(_method_key(result))
+
+
+def convergence_table(runs: Iterable[SeedRun], *, tol: float = 1.0) -> pd.DataFrame:
+    """Per trained run (row x protocol x seed): ``steps`` (the budget), ``checkpoints``, ``best_mAP`` and
+    ``best_step`` (the best test mAP over the checkpoints, under the run's scoring), ``last_mAP``,
+    ``last_minus_best``, ``converged`` (``last >= best - tol``) and a ``note``, measured: for a row that falls, by how
+    much after which step, and the same under the other scoring (sigmoid vs softmax) -- whether the fall is the
+    scoring's or the training's."""
+    rows = []
+    for r in runs:
+        res = r.result
+        hist = res.get("history") or []
+        if not hist:
+            continue
+        maps = np.array([h["test_mAP"] for h in hist], dtype=float)
+        steps = [h.get("step", h["epoch"]) for h in hist]
+        b = int(np.nanargmax(maps))
+        best, last = float(maps[b]), float(maps[-1])
+        scoring = (res.get("info") or {}).get("scoring", "sigmoid")
+        other = "softmax" if scoring == "sigmoid" else "sigmoid"
+        note = ""
+        if last < best - tol:
+            om = np.array([h.get(f"test_mAP_{other}", np.nan) for h in hist], dtype=float)
+            note = (f"falls {best - last:.1f} mAP after step {steps[b]} ({scoring} scoring)")
+            if np.isfinite(om).all():
+                ob = int(np.nanargmax(om))
+                note += (f"; under {other} scoring best {om[ob]:.1f} at step {steps[ob]}, last {om[-1]:.1f} "
+                         f"(last - best {om[-1] - om[ob]:+.1f})")
+        rows.append({"protocol": r.protocol, "row": _row_label(res), "seed": r.seed,
+                     "steps": (res.get("info") or {}).get("schedule", {}).get("steps", steps[-1]),
+                     "checkpoints": len(hist), "scoring": scoring, "best_mAP": best, "best_step": steps[b],
+                     "last_mAP": last, "last_minus_best": last - best, "converged": bool(last >= best - tol),
+                     "note": note})
+    return pd.DataFrame(rows, columns=["protocol", "row", "seed", "steps", "checkpoints", "scoring", "best_mAP",
+                                       "best_step", "last_mAP", "last_minus_best", "converged", "note"])
+
+
+def scoring_table(runs: Iterable[SeedRun], labels: Mapping[str, np.ndarray], *, rule: str = "few_label"
+                  ) -> pd.DataFrame:
+    """Per protocol and trained row, the mAP of the seed-averaged test probabilities of the checkpoint ``rule``
+    picked (report name), under ``sigmoid``, ``softmax`` and the row's ``reference`` scoring (what the main table
+    uses)."""
+    from .metrics import mean_average_precision
+    from .stats import seed_averaged_scores
+    key = RULE_KEYS.get(rule, rule)
+    groups: dict[tuple[str, str], list[SeedRun]] = {}
+    for r in runs:
+        if key in r.result["selected"] and f"{key}__sigmoid" in r.scores:
+            groups.setdefault((r.protocol, _row_label(r.result)), []).append(r)
+    rows = []
+    for (protocol, row), rs in groups.items():
+        y = np.asarray(labels[protocol])
+        out = {"protocol": protocol, "row": row, "rule": rule, "n_seeds": len(rs),
+               "reference": (rs[0].result.get("info") or {}).get("scoring", "sigmoid")}
+        for s in ("sigmoid", "softmax"):
+            out[f"mAP_{s}"] = mean_average_precision(seed_averaged_scores([x.scores[f"{key}__{s}"] for x in rs]), y).map
+        out["mAP_reference"] = out[f"mAP_{out['reference']}"]
+        rows.append(out)
+    return pd.DataFrame(rows, columns=["protocol", "row", "rule", "n_seeds", "reference", "mAP_sigmoid",
+                                       "mAP_softmax", "mAP_reference"])
+
+
+def budget_claims(runs_by_budget: Mapping[str, Iterable[SeedRun]], labels: Mapping[str, np.ndarray], *,
+                  steps: Mapping[str, int] | None = None, **kw: Any) -> pd.DataFrame:
+    """:func:`claims_by_rule` for each budget (``{"0.5x": runs, "1x": runs, ...}``), stacked with ``budget`` and
+    ``steps`` columns."""
+    parts = []
+    for name, rs in runs_by_budget.items():
+        t = claims_by_rule(rs, labels, **kw)
+        if t.empty:
+            continue
+        t.insert(0, "steps", (steps or {}).get(name, np.nan))
+        t.insert(0, "budget", name)
+        parts.append(t)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
