@@ -427,21 +427,31 @@ class StudentTrainer:
         zero = torch.zeros((), dtype=torch.float32, device=dev)
         cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
         n_batches = 0
+        p, f = bf.shape[1:]
+        # gathers go to preallocated (B, P*F) buffers through a 2-D view of each stack (a row copy per image;
+        # index_select on the 3-D stack measured several times slower); a buffer is rewritten only after the
+        # previous step's graph, which saved it for the weight gradient, is gone
+        bf2 = bf.view(bf.shape[0], p * f)
+        buf = torch.empty((cfg.batch_size, p * f), dtype=torch.float32, device=dev)
+        aug2 = None if aug is None else aug.view(aug.shape[0], p * f)
+        buf_aug = None if aug is None else torch.empty_like(buf)
         head.train()
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(_derive_seed(cfg.seed, _TAG_TORCH_GLOBAL, self.epoch))   # as finetune mode (unused)
             for b in range(0, n, cfg.batch_size):
                 idx = order[b:b + cfg.batch_size]
-                flips = torch.rand(len(idx), generator=g) < 0.5
-                ks = torch.randint(cfg.n_aug_views, (len(idx),), generator=g) if consistency else None
+                m = len(idx)
+                flips = torch.rand(m, generator=g) < 0.5
+                ks = torch.randint(cfg.n_aug_views, (m,), generator=g) if consistency else None
                 idx_d = idx.to(dev, non_blocking=True)
-                logits = _cam_logits_cl(_head_cam(head, bf.index_select(0, (idx + n * flips).to(dev))), a)
+                x = torch.index_select(bf2, 0, (idx + n * flips).to(dev), out=buf[:m]).view(m, p, f)
+                logits = _cam_logits_cl(_head_cam(head, x), a)
                 yb = yt.index_select(0, idx_d)
                 wb = None if wt is None else wt.index_select(0, idx_d)
                 bce = _softmax_kl(logits, yb, wb) if loss == "softmax_kl" else _soft_bce(logits, yb, wb)
                 total, cons = bce, zero
                 if consistency:
-                    x_aug = aug.index_select(0, (ks * n + idx).to(dev))
+                    x_aug = torch.index_select(aug2, 0, (ks * n + idx).to(dev), out=buf_aug[:m]).view(m, p, f)
                     cons = F.binary_cross_entropy_with_logits(_cam_logits_cl(_head_cam(head, x_aug), a),
                                                               torch.sigmoid(logits).detach())
                     total = bce + cfg.consistency_weight * cons
@@ -569,7 +579,8 @@ class StudentTrainer:
             if len(r) and r[-1] - r[0] == len(r) - 1 and np.all(np.diff(r) == 1):
                 x = feats[int(r[0]):int(r[-1]) + 1]
             else:
-                x = feats.index_select(0, torch.from_numpy(np.ascontiguousarray(r)).to(self.device))
+                x = feats.view(feats.shape[0], -1).index_select(          # 2-D: a row copy per image
+                    0, torch.from_numpy(np.ascontiguousarray(r)).to(self.device)).view(len(r), *feats.shape[1:])
             cam = _head_cam(self.student.head, x.float())                     # (B, P, C)
             outs.append(fn(cam.transpose(1, 2).reshape(len(r), c, *hw)))
         return outs
