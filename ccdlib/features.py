@@ -59,7 +59,9 @@ def extract_features(student: CAMStudent, image_paths: Sequence[str | Path], *, 
 
     Views: ``"base"`` = the image squash-resized to ``image_size`` and normalised for the trunk; ``"flip"`` =
     the base view mirrored; ``"augK"`` = ColorJitter(0.5, 0.5, 0.5, 0.5) then a random flip, drawn from a
-    generator seeded with ``(seed, K, image index)`` (deterministic, independent of batching).
+    generator seeded with ``(seed, K, image index)`` (deterministic, independent of batching). ``seed`` is the
+    augmented-view *pool* seed (:class:`~ccdlib.student.StudentConfig` ``aug_pool_seed``, not the training seed:
+    the trainer passes ``aug_pool_seed``, so training seeds share the pool); it is part of the aug views' cache key.
 
     Work is split into chunks of ``chunk_size`` images; each (view, chunk) is one
     :class:`~ccdlib.cache.ArrayCache` entry (namespace ``student_features``) keyed by the view (and ``seed``

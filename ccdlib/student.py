@@ -12,7 +12,8 @@ Two modes (:class:`StudentConfig` ``mode``):
 - ``"frozen"`` (default; the released code's ``freeze_feature_extractor`` option, and what a CPU can
   afford): the trunk is fixed, so its feature maps of a few views of every training image are computed
   once and cached on disk (:func:`extract_features`): ``"base"`` (resized), ``"flip"`` (its mirror) and
-  ``n_aug_views`` colour-jittered views with their own random flip. An epoch then trains only the head on
+  ``n_aug_views`` colour-jittered views with their own random flip (a pool seeded by ``aug_pool_seed``, shared by
+  every training seed). An epoch then trains only the head on
   cached features: each sample uses its base or flip features (a coin per sample and epoch) and, for the
   consistency loss, one of its jittered views. Head lr: ``frozen_head_lr`` (see its comment for why
   it is not the paper's 1e-4).
@@ -130,10 +131,16 @@ class StudentConfig:
             after epoch 0's labelling pass, before epoch 0 trains (SPEC §5); ``"warmup"``: 1 in epoch 0, then ``coeff``.
         consistency_weight: weight of the consistency loss (SPEC §6.5: 1).
         n_aug_views: frozen mode: colour-jittered (+ own random flip) views per image whose features are
-            cached for the consistency loss.
+            cached for the consistency loss (the pool's size).
+        aug_pool_seed: frozen mode: seeds the pool of ``n_aug_views`` jittered views (their ColorJitter factors
+            and flips), independently of ``seed``. The pool is a property of the data set, computed once (and
+            cached on disk, keyed by this seed): training seeds 0, 1, 2 share one set of trunk forwards, and each
+            training seed draws, per step and image, which pool view its consistency loss uses (a ``randint``
+            from its own shuffle generator). Finetune mode draws fresh views per epoch from ``seed`` instead.
         num_workers: DataLoader workers in finetune mode (0 in notebooks).
         device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda:0"``...
-        seed: seeds the head initialisation, shuffles, flips and augmentations.
+        seed: seeds the head initialisation, shuffles, flips and the choice of augmented view per step (finetune
+            mode: the augmentations themselves; frozen mode: see ``aug_pool_seed``).
     """
 
     trunk: str = "efficientnet-lite0"
@@ -147,6 +154,7 @@ class StudentConfig:
     coeff: float = 3.0
     consistency_weight: float = 1.0
     n_aug_views: int = 2
+    aug_pool_seed: int = 0
     num_workers: int = 0
     device: str = "auto"
     seed: int = 0
@@ -164,6 +172,7 @@ class StudentConfig:
         _check_int("n_aug_views", self.n_aug_views, 1)
         _check_int("num_workers", self.num_workers, 0)
         _check_int("seed", self.seed, 0)
+        _check_int("aug_pool_seed", self.aug_pool_seed, 0)
         for name in ("lr", "head_lr", "frozen_head_lr", "coeff"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:

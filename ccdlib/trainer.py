@@ -162,6 +162,32 @@ def _softmax_kl(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tens
     return kl.mean()
 
 
+def _head_cam(head: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """The 1x1 conv head on channels-last features: ``(B, P, F)`` -> ``(B, P, C)`` CAMs (``P = h * w``).
+
+    One GEMM ``(B*P, F) x (F, C)``; autograd's weight gradient is one GEMM ``(C, B*P) x (B*P, F)`` on the same
+    contiguous rows. The same numbers as ``head(x as (B, F, h, w))`` up to float rounding."""
+    w = head.weight
+    return F.linear(x, w.view(w.shape[0], w.shape[1]), head.bias)
+
+
+def _cam_logits_cl(cam: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """:func:`~ccdlib.student.cam_to_logits` of a channels-last CAM ``(B, P, C)`` -> ``(B, C)``; ``alpha`` a float or
+    a ``(C,)`` tensor on ``cam``'s device."""
+    a = alpha.view(1, 1, -1) if torch.is_tensor(alpha) else alpha
+    return torch.where(cam > 0, cam * a, cam).mean(1)
+
+
+def _channels_last_into(dst: torch.Tensor, arr: np.ndarray, chunk: int = 32) -> None:
+    """Copy ``(N, F, h, w)`` features (any float dtype) into ``dst`` ``(N, h*w, F)``, ``chunk`` images at a time."""
+    for s in range(0, arr.shape[0], chunk):
+        src = torch.from_numpy(np.ascontiguousarray(arr[s:s + chunk]))
+        dst[s:s + chunk].copy_(src.flatten(2).transpose(1, 2))
+
+
+_EVAL_CHUNK = 64    # images per GEMM in evaluation (bounds the float32 copy of float16 / gathered features)
+
+
 class StudentTrainer:
     """Trains a :class:`CAMStudent` one epoch at a time against pseudo-labels the caller supplies.
 
@@ -172,6 +198,13 @@ class StudentTrainer:
         cache_dir: root of the frozen-mode feature cache (:func:`extract_features`); ``None`` = no disk cache
             (features are still kept in memory for the trainer's life).
         progress: show tqdm bars.
+
+    Frozen mode keeps every feature it uses in memory for the trainer's life, channels-last (``(N, h*w, F)``):
+    the training views as float32 stacks built once (base + flip: ``2N`` rows; the augmented pool: ``V*N`` rows;
+    EfficientNet-Lite0 at 448 px: 1 MB per image and view, 1.3 GB for 320 images with two pool views), so a
+    training step is one row gather and two GEMMs; other image lists (the test split) and other input sizes as
+    float16, read once from the feature cache on first use. Image files changed on disk after that are not seen
+    (the runners check their inputs each epoch).
 
     Attributes: ``student``, ``epoch`` (epochs trained so far), ``alpha`` (the alpha of the last epoch; the
     default for predictions, as the released code keeps alpha in the model), ``device``, ``optimizer``,
@@ -195,7 +228,11 @@ class StudentTrainer:
         self.student = build_student(config, num_classes).to(self.device)
         self.epoch = 0
         self.alpha: float | np.ndarray = 1.0
-        self._features: dict[str, np.ndarray] = {}
+        self._features: dict[str, np.ndarray] = {}     # extracted float16 (N, F, h, w), until stacked
+        self._view_t: dict[str, torch.Tensor] = {}       # training view -> (N, P, F) float32 (rows of a stack)
+        self._stacks: dict[tuple[str, ...], torch.Tensor] = {}
+        self._hw: dict[int, tuple[int, int]] = {}        # input size -> feature map (h, w)
+        self._mem: dict[tuple, torch.Tensor] = {}        # (paths, size) -> (M, P, F) float16 base features
         head_params = list(self.student.head.parameters())
         if config.mode == "frozen":
             for p in self.student.trunk.parameters():
@@ -221,8 +258,44 @@ class StudentTrainer:
         if missing:
             self._features.update(_features.extract_features(
                 self.student, self.image_paths, image_size=self.config.image_size, views=missing,
-                cache_dir=self.cache_dir, seed=self.config.seed, progress=self.progress))
+                cache_dir=self.cache_dir, seed=self.config.aug_pool_seed, progress=self.progress))
         return {v: self._features[v] for v in names}
+
+    def _stacked(self, names: Sequence[str]) -> torch.Tensor:
+        """Frozen mode: the training images' views ``names`` as one float32 channels-last tensor on the device,
+        ``(len(names) * N, h*w, F)``, view ``names[j]`` of image ``i`` at row ``j * N + i``. Built once per trainer
+        (views already held in another stack are copied from it, the rest extracted / read from the disk cache)."""
+        names = tuple(names)
+        if names in self._stacks:
+            return self._stacks[names]
+        n = len(self.image_paths)
+        self._views([v for v in names if v not in self._view_t])
+        some = self._view_t[names[0]] if names[0] in self._view_t else None
+        if some is None:
+            arr = self._features[names[0]]
+            self._hw[self.config.image_size] = tuple(arr.shape[2:])
+            p, f = arr.shape[2] * arr.shape[3], arr.shape[1]
+        else:
+            p, f = some.shape[1:]
+        with torch.inference_mode(False), torch.no_grad():   # plain tensors, even when first built in evaluation
+            out = torch.empty((len(names) * n, p, f), dtype=torch.float32, device=self.device)
+            for j, v in enumerate(names):
+                dst = out[j * n:(j + 1) * n]
+                if v in self._view_t:
+                    dst.copy_(self._view_t[v])
+                else:
+                    _channels_last_into(dst, self._features.pop(v))
+                self._view_t[v] = dst
+        for k in [k for k in self._stacks if set(k) <= set(names)]:   # superseded: free it
+            del self._stacks[k]
+        self._stacks[names] = out
+        return out
+
+    def _train_view(self, name: str) -> torch.Tensor:
+        """One training view ``(N, h*w, F)`` float32 (a slice of its stack)."""
+        if name not in self._view_t:
+            self._stacked([name])
+        return self._view_t[name]
 
     def _alpha_tensor(self, alpha: float | np.ndarray | torch.Tensor) -> float | torch.Tensor:
         if np.ndim(alpha) == 0:
@@ -274,6 +347,10 @@ class StudentTrainer:
         g = _generator(cfg.seed, _TAG_SHUFFLE, self.epoch)
         order = torch.randperm(n, generator=g)
         t0 = time.perf_counter()
+        if cfg.mode == "frozen":
+            return self._finish_epoch(alpha, consistency, t0,
+                                      *self._fit_frozen(y, w, a, order, g, consistency=consistency, loss=loss,
+                                                        on_batch=on_batch))
         scores = np.zeros((n, c), dtype=np.float32)
         sums = {"loss": 0.0, "bce": 0.0, "consistency": 0.0}
         n_batches = 0
@@ -321,38 +398,86 @@ class StudentTrainer:
             st = torch.from_numpy(scores).to(self.device)
             torch.distributed.all_reduce(st)
             scores = st.cpu().numpy()
+        return self._finish_epoch(alpha, consistency, t0, sums, n_batches, scores)
+
+    def _finish_epoch(self, alpha, consistency: bool, t0: float, sums: dict, n_batches: int,
+                      scores: np.ndarray) -> dict:
         self.epoch += 1
         self.alpha = float(alpha) if np.ndim(alpha) == 0 else np.asarray(alpha, dtype=np.float32).copy()
         return {"epoch": self.epoch - 1, "loss": sums["loss"] / n_batches, "bce": sums["bce"] / n_batches,
                 "consistency": sums["consistency"] / n_batches if consistency else float("nan"),
                 "seconds": time.perf_counter() - t0, "train_scores": scores}
 
+    def _fit_frozen(self, y: np.ndarray, w: np.ndarray | None, a: float | torch.Tensor, order: torch.Tensor,
+                    g: torch.Generator, *, consistency: bool, loss: str,
+                    on_batch: Callable[[np.ndarray, np.ndarray], None] | None) -> tuple[dict, int, np.ndarray]:
+        """Frozen mode's epoch on the in-memory channels-last stacks: per step one row gather per view, the head as
+        one GEMM (forward) + one GEMM (weight gradient) per view; losses summed on the device (one sync per epoch,
+        plus ``on_batch``'s copy of the logits when given). The random draws are the original per-image loop's, in
+        its order: ``randperm`` (the caller), then per batch ``rand`` for the flips and ``randint`` for the pool
+        views, all from ``g``. ``targets`` are read once, at the start of the epoch."""
+        cfg, dev, head = self.config, self.device, self.student.head
+        n, c = y.shape
+        bf = self._stacked(("base", "flip"))
+        aug = self._stacked(tuple(f"aug{k}" for k in range(cfg.n_aug_views))) if consistency else None
+        yt = torch.from_numpy(y).to(dev)
+        wt = None if w is None else torch.from_numpy(w).to(dev)
+        scores = torch.zeros((n, c), dtype=torch.float32, device=dev)
+        sums = torch.zeros(3, dtype=torch.float64, device=dev)        # loss, bce, consistency
+        zero = torch.zeros((), dtype=torch.float32, device=dev)
+        cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+        n_batches = 0
+        p, f = bf.shape[1:]
+        # gathers go to preallocated (B, P*F) buffers through a 2-D view of each stack (a row copy per image;
+        # index_select on the 3-D stack measured several times slower); a buffer is rewritten only after the
+        # previous step's graph, which saved it for the weight gradient, is gone
+        bf2 = bf.view(bf.shape[0], p * f)
+        buf = torch.empty((cfg.batch_size, p * f), dtype=torch.float32, device=dev)
+        aug2 = None if aug is None else aug.view(aug.shape[0], p * f)
+        buf_aug = None if aug is None else torch.empty_like(buf)
+        head.train()
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(_derive_seed(cfg.seed, _TAG_TORCH_GLOBAL, self.epoch))   # as finetune mode (unused)
+            for b in range(0, n, cfg.batch_size):
+                idx = order[b:b + cfg.batch_size]
+                m = len(idx)
+                flips = torch.rand(m, generator=g) < 0.5
+                ks = torch.randint(cfg.n_aug_views, (m,), generator=g) if consistency else None
+                idx_d = idx.to(dev, non_blocking=True)
+                x = torch.index_select(bf2, 0, (idx + n * flips).to(dev), out=buf[:m]).view(m, p, f)
+                logits = _cam_logits_cl(_head_cam(head, x), a)
+                yb = yt.index_select(0, idx_d)
+                wb = None if wt is None else wt.index_select(0, idx_d)
+                bce = _softmax_kl(logits, yb, wb) if loss == "softmax_kl" else _soft_bce(logits, yb, wb)
+                total, cons = bce, zero
+                if consistency:
+                    x_aug = torch.index_select(aug2, 0, (ks * n + idx).to(dev), out=buf_aug[:m]).view(m, p, f)
+                    cons = F.binary_cross_entropy_with_logits(_cam_logits_cl(_head_cam(head, x_aug), a),
+                                                              torch.sigmoid(logits).detach())
+                    total = bce + cfg.consistency_weight * cons
+                self.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                self.optimizer.step()
+                if on_batch is not None:
+                    on_batch(idx.numpy(), logits.detach().double().cpu().numpy())
+                sums += torch.stack([total.detach(), bce.detach(), cons.detach()]).double()
+                out = torch.softmax(logits.detach(), 1) if loss == "softmax_kl" else torch.sigmoid(logits.detach())
+                scores.index_copy_(0, idx_d, out)
+                n_batches += 1
+        tot = sums.tolist()
+        return dict(zip(("loss", "bce", "consistency"), tot)), n_batches, scores.cpu().numpy()
+
     def _logits(self, x: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
-        """Frozen mode: ``x`` are ``(B, F, h, w)`` features; finetune: ``(B, 3, H, W)`` images."""
-        if self.config.mode == "frozen":
-            return cam_to_logits(self.student.head(x), alpha)
+        """Finetune mode: ``(B, 3, H, W)`` images -> ``(B, C)`` logits."""
         if self._ddp is not None:
             return self._ddp(x, alpha)
         return self.student(x, alpha)
 
     def _train_batches(self, order: torch.Tensor, g: torch.Generator, consistency: bool):
-        """Yields ``(indices (B,) numpy, x, x_aug or None, m)`` on the device, in ``order``; ``m`` is the number of
-        images in the whole step (``B`` in one process; under DDP the images of all ranks' slices)."""
+        """Finetune mode: yields ``(indices (B,) numpy, x, x_aug or None, m)`` on the device, in ``order``; ``m`` is
+        the number of images in the whole step (``B`` in one process; under DDP the images of all ranks' slices).
+        (Frozen mode trains in :meth:`_fit_frozen`.)"""
         cfg = self.config
-        if cfg.mode == "frozen":
-            names = ["base", "flip"] + ([f"aug{k}" for k in range(cfg.n_aug_views)] if consistency else [])
-            feats = self._views(names)
-            self.student.head.train()
-            for b in range(0, len(order), cfg.batch_size):
-                idx = order[b:b + cfg.batch_size].numpy()
-                flips = (torch.rand(len(idx), generator=g) < 0.5).numpy()
-                x = np.stack([feats["flip" if f else "base"][i] for i, f in zip(idx, flips)])
-                x_aug = None
-                if consistency:
-                    ks = torch.randint(cfg.n_aug_views, (len(idx),), generator=g).numpy()
-                    x_aug = torch.from_numpy(np.stack([feats[f"aug{k}"][i] for i, k in zip(idx, ks)])).to(self.device).float()
-                yield idx, torch.from_numpy(x).to(self.device).float(), x_aug, len(idx)
-            return
         ds = _ImageViews(self.image_paths, trunk=cfg.trunk, image_size=cfg.image_size, seed=cfg.seed,
                          epoch=self.epoch, train=True, with_aug=consistency)
         if self._ddp is None:
@@ -402,21 +527,8 @@ class StudentTrainer:
         try:
             with torch.inference_mode():
                 if cfg.mode == "frozen":
-                    rows = idx
-                    if size != cfg.image_size:      # only the requested images, at the other size
-                        base = _features.extract_features(self.student, [paths[i] for i in idx], image_size=size,
-                                                          views=("base",), cache_dir=self.cache_dir, seed=cfg.seed,
-                                                          progress=self.progress)["base"]
-                        rows = np.arange(len(idx))
-                    elif image_paths is None:
-                        base = self._views(["base"])["base"]
-                    else:
-                        base = _features.extract_features(self.student, paths, image_size=cfg.image_size, views=("base",),
-                                                cache_dir=self.cache_dir, seed=cfg.seed,
-                                                progress=self.progress)["base"]
-                    for b in range(0, len(rows), cfg.batch_size):
-                        f = torch.from_numpy(base[rows[b:b + cfg.batch_size]]).to(self.device).float()
-                        outs.append(fn(self.student.head(f)))
+                    feats, rows, hw = self._base_features(paths, idx, size, whole=image_paths is not None)
+                    outs.extend(self._head_outputs(feats, rows, hw, fn))
                 else:
                     ds = _ImageViews([paths[i] for i in idx], trunk=cfg.trunk, image_size=size,
                                      seed=cfg.seed, epoch=0, train=False, with_aug=False)
@@ -424,6 +536,98 @@ class StudentTrainer:
                                                          num_workers=cfg.num_workers)
                     for x, _, _ in loader:
                         outs.append(fn(self.student.head(self.student.trunk(x.to(self.device)))))
+        finally:
+            self.student.train(was_training)
+            if cfg.mode == "frozen":
+                self.student.trunk.eval()
+        if not outs:
+            return np.zeros((0, self.num_classes), dtype=np.float32)
+        return np.concatenate(outs)
+
+    def _base_features(self, paths: list[Path], idx: np.ndarray, size: int,
+                       whole: bool) -> tuple[torch.Tensor, np.ndarray, tuple[int, int]]:
+        """Frozen mode: channels-last base features ``(M, P, F)`` holding ``paths[idx]`` at input side ``size``, the
+        rows of ``idx`` in it, and ``(h, w)``. The training images at the training size: the float32 training
+        stack. Other lists / sizes: float16, read from the feature cache once per trainer and kept (the training
+        images at another size too, unless only some of them are asked for before the whole list was)."""
+        cfg = self.config
+        if not whole and size == cfg.image_size:
+            return self._train_view("base"), idx, self._hw[size]
+        key = (tuple(str(p) for p in paths), size)
+        if key not in self._mem:
+            sub = not whole and len(idx) != len(paths)
+            arr = _features.extract_features(self.student, [paths[i] for i in idx] if sub else paths,
+                                             image_size=size, views=("base",), cache_dir=self.cache_dir,
+                                             seed=cfg.aug_pool_seed, progress=self.progress)["base"]
+            with torch.inference_mode(False), torch.no_grad():
+                t = torch.empty((arr.shape[0], arr.shape[2] * arr.shape[3], arr.shape[1]), dtype=torch.float16,
+                                device=self.device)
+                _channels_last_into(t, arr)
+            self._hw[size] = tuple(arr.shape[2:])
+            if sub:              # some training images at another size: not kept
+                return t, np.arange(len(idx)), self._hw[size]
+            self._mem[key] = t
+        return self._mem[key], idx, self._hw[size]
+
+    def _head_outputs(self, feats: torch.Tensor, rows: np.ndarray, hw: tuple[int, int], fn) -> list:
+        """``fn(cam (B, C, h, w))`` of the head on rows ``rows`` of channels-last ``feats``, ``_EVAL_CHUNK`` rows per
+        GEMM (a slice when the rows are consecutive, else a gather), in float32."""
+        outs = []
+        c = self.num_classes
+        for b in range(0, len(rows), _EVAL_CHUNK):
+            r = rows[b:b + _EVAL_CHUNK]
+            if len(r) and r[-1] - r[0] == len(r) - 1 and np.all(np.diff(r) == 1):
+                x = feats[int(r[0]):int(r[-1]) + 1]
+            else:
+                x = feats.view(feats.shape[0], -1).index_select(          # 2-D: a row copy per image
+                    0, torch.from_numpy(np.ascontiguousarray(r)).to(self.device)).view(len(r), *feats.shape[1:])
+            cam = _head_cam(self.student.head, x.float())                     # (B, P, C)
+            outs.append(fn(cam.transpose(1, 2).reshape(len(r), c, *hw)))
+        return outs
+
+    def eval_logits(self, test_image_paths: Sequence[str | Path] | None = None, *,
+                    alpha: float | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The per-epoch evaluation in one call: ``(train_logits (N, C), test_logits (M, C) or None)``, the same as
+        ``predict_logits()`` and ``predict_logits(test_image_paths)``. Frozen mode: each is GEMMs on features held
+        in memory (the test split's read from the feature cache on the first call only)."""
+        train = self.predict_logits(alpha=alpha)
+        test = None if test_image_paths is None else self.predict_logits(test_image_paths, alpha=alpha)
+        return train, test
+
+    def view_logits(self, indices: Sequence[int], flips: Sequence[bool] | bool, *,
+                    alpha: float | np.ndarray | None = None) -> np.ndarray:
+        """``(len(indices), C)`` float32 eval-mode logits of training views at the training size: image
+        ``indices[k]``, horizontally flipped where ``flips[k]`` (a bool for all). ``alpha=None``: ``self.alpha``.
+
+        Frozen mode reads the cached base / flip features (the training stack); finetune mode decodes the images
+        (:func:`~ccdlib.student.preprocess_image` with ``flip``). For CCD's threshold walk, which the released code
+        runs on the training loader's (randomly flipped) 448 px views.
+        """
+        cfg = self.config
+        n = len(self.image_paths)
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        fl = np.broadcast_to(np.asarray(flips, dtype=bool), idx.shape) if np.ndim(flips) == 0 \
+            else np.asarray(flips, dtype=bool).reshape(-1)
+        if fl.shape != idx.shape:
+            raise ConfigError(f"flips must be a bool or one per index ({idx.shape[0]}), got shape {fl.shape}")
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"indices out of range for {n} images")
+        a = self._alpha_tensor(self.alpha if alpha is None else alpha)
+        to_np = lambda cam: cam_to_logits(cam, a).float().cpu().numpy()     # noqa: E731
+        was_training = self.student.training
+        self.student.eval()
+        outs = []
+        try:
+            with torch.inference_mode():
+                if cfg.mode == "frozen":
+                    bf = self._stacked(("base", "flip"))
+                    outs = self._head_outputs(bf, idx + n * fl.astype(np.int64), self._hw[cfg.image_size], to_np)
+                else:
+                    for b in range(0, len(idx), cfg.batch_size):
+                        x = torch.stack([preprocess_image(load_rgb(self.image_paths[i]), trunk=cfg.trunk,
+                                                          image_size=cfg.image_size, flip=bool(f))
+                                         for i, f in zip(idx[b:b + cfg.batch_size], fl[b:b + cfg.batch_size])])
+                        outs.append(to_np(self.student.head(self.student.trunk(x.to(self.device)))))
         finally:
             self.student.train(was_training)
             if cfg.mode == "frozen":

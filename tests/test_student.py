@@ -283,3 +283,61 @@ def test_checkpoint_round_trip_finetune(images, targets, tmp_path):
     assert cfg2 == cfg
     for k, v in tr.state_dict().items():
         assert torch.equal(s.state_dict()[k], v), k
+
+
+# --------------------------------------------------------------------------------------------------
+# in-memory features, the shared augmented-view pool, view_logits
+# --------------------------------------------------------------------------------------------------
+def test_other_image_features_are_read_once(images, targets, tmp_path, monkeypatch):
+    tr = StudentTrainer(_cfg(), images[:3], C, cache_dir=tmp_path, progress=False)
+    tr.fit_epoch(targets[:3], alpha=3.0, consistency=False)
+    calls = []
+    orig = student_mod.extract_features
+    monkeypatch.setattr(student_mod, "extract_features", lambda *a, **k: (calls.append(k["image_size"]), orig(*a, **k))[1])
+    test_paths = images[1:]
+    first = tr.predict_logits(test_paths)
+    train, test = tr.eval_logits(test_paths)
+    assert len(calls) == 1                      # the test split read once, then kept in memory
+    np.testing.assert_array_equal(test, first)
+    np.testing.assert_array_equal(train, tr.predict_logits())
+    tr.fit_epoch(targets[:3], alpha=3.0, consistency=False)
+    assert not np.array_equal(tr.predict_logits(test_paths), first)   # new weights, the same kept features
+    assert len(calls) == 1
+    # another input size: some training images alone are extracted and not kept; the whole list is kept
+    tr.cams([0], image_size=32)
+    tr.cams([0], image_size=32)
+    assert calls[1:] == [32, 32]
+    full = tr.predict_logits(image_size=32)
+    np.testing.assert_allclose(tr.cams([2, 0], image_size=32, alpha=3.0).mean(axis=(2, 3)), full[[2, 0]], atol=1e-5)
+    assert calls[1:] == [32, 32, 32]
+
+
+def test_aug_pool_is_shared_by_training_seeds(images, targets, tmp_path):
+    results = {}
+    for seed in (0, 1):
+        tr = StudentTrainer(_cfg(seed=seed), images, C, cache_dir=tmp_path, progress=False)
+        results[seed] = tr.fit_epoch(targets, alpha=3.0, consistency=True)
+        # the last extraction is the pool's: the second training seed reuses the first's cached views
+        st = student_mod.last_extract_stats
+        assert (st.chunks_computed, st.chunks_cached) == ((2, 0) if seed == 0 else (0, 2))
+    assert results[0]["consistency"] != results[1]["consistency"]       # different draws from the same pool
+    tr = StudentTrainer(_cfg(aug_pool_seed=5), images, C, cache_dir=tmp_path, progress=False)
+    tr.fit_epoch(targets, alpha=3.0, consistency=True)
+    assert student_mod.last_extract_stats.chunks_computed == 2          # another pool: its aug views only
+    with pytest.raises(ConfigError, match="aug_pool_seed"):
+        StudentConfig(aug_pool_seed=-1)
+
+
+def test_finetune_view_logits_decode_the_flipped_view(images, targets):
+    from ccdlib.scoring import load_rgb
+    from ccdlib.student import preprocess_image
+    tr = StudentTrainer(_cfg(mode="finetune", image_size=32), images, C, progress=False)
+    tr.fit_epoch(targets, alpha=3.0, consistency=False)
+    got = tr.view_logits([2, 0, 2], [True, False, False])
+    np.testing.assert_allclose(got[1:], tr.predict_logits()[[0, 2]], atol=1e-5)
+    tr.student.eval()
+    with torch.no_grad():
+        x = preprocess_image(load_rgb(images[2]), trunk="efficientnet-lite0", image_size=32, flip=True)[None]
+        want = tr.student(x, 3.0).numpy()
+    np.testing.assert_allclose(got[:1], want, atol=1e-5)
+    assert not np.allclose(got[0], got[2])
