@@ -1,4 +1,4 @@
-"""Training the student (SPEC §5, §6.5): :class:`StudentTrainer` runs one epoch at a time against the
+"""Training the student (method.md §5, §6.5): :class:`StudentTrainer` runs one epoch at a time against the
 pseudo-labels its caller supplies, on cached trunk features (frozen mode) or on decoded images (finetune mode,
 optionally under ``torchrun``). The model is :mod:`ccdlib.student`; the feature cache :mod:`ccdlib.features`.
 """
@@ -240,14 +240,14 @@ class StudentTrainer:
 
         Args:
             targets: ``(N, C)`` soft pseudo-labels in ``[0, 1]``.
-            alpha: the positive-CAM factor (SPEC §5: 1 in epoch 0, then ``config.coeff``), float or ``(C,)``.
+            alpha: the positive-CAM factor (method.md §5: 1 in epoch 0, then ``config.coeff``), float or ``(C,)``.
             consistency: add ``consistency_weight * BCE(student(x'), sigmoid(student(x)).detach())`` (CCD, epoch >= 2).
             sample_weights: optional ``(N,)`` per-image weights of the pseudo-label BCE (default all 1).
-            loss: the pseudo-label loss. ``"bce"``: soft-target BCE-with-logits (SPEC §5). ``"softmax_kl"``: the
+            loss: the pseudo-label loss. ``"bce"``: soft-target BCE-with-logits (method.md §5). ``"softmax_kl"``: the
                 CDUL reproduction's loss, ``(1/B) sum_b KL(softmax(z_b) || y_b / sum_c y_bc)`` (its training loss is
                 ``KLDivergence(preds, pseudo_labels)``, the prediction first); one process only. Logged as ``"bce"``.
             on_batch: called as ``on_batch(indices (B,), logits (B, C) float64)`` right after each optimiser step with
-                that batch's *pre-step* logits (CDUL's per-mini-batch label alignment, SPEC §3).
+                that batch's *pre-step* logits (CDUL's per-mini-batch label alignment, method.md §3).
 
         Returns:
             ``{"epoch", "loss", "bce", "consistency" (NaN when off), "seconds", "train_scores"}``: mean losses over
