@@ -15,10 +15,10 @@ REPORTED  := $(patsubst notebooks/%.ipynb,reports/notebooks/%.ipynb,$(NOTEBOOKS)
 PARAMS    ?= notebooks/params/default.yaml
 STAMP     := $(VENV)/.installed
 
-.PHONY: help setup data test pytest nbval reproduce report screenshot lab clean clean-cache lock
+.PHONY: help setup data test pytest nbval reproduce report screenshot lab lab-screenshot clean clean-cache lock
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 # Installs exactly requirements.lock (every version, with sha256 hashes; scripts/lock.py regenerates it), then
 # the project itself without dependencies, then checks that the installed set is consistent.
@@ -60,8 +60,15 @@ report: ## rebuild reports/README.md, index.html and the HTML renderings from wh
 screenshot: ## render reports/index.html in headless Chromium to reports/screenshot.png
 	bash scripts/screenshot.sh reports/index.html reports/screenshot.png
 
-lab: setup ## open JupyterLab on the notebooks
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+# JupyterLab reads the project's settings overrides (.jupyter/lab/settings/overrides.json: no "Jupyter news" prompt, no
+# update check) as its application settings folder; the user's own settings (~/.jupyter/lab/user-settings) still apply.
+LAB_SETTINGS := $(CURDIR)/.jupyter/lab/settings
+
+lab: setup ## open JupyterLab on the notebooks (project settings: no news pop-up)
+	$(BIN)/jupyter lab --notebook-dir=notebooks --LabApp.app_settings_dir=$(LAB_SETTINGS)
+
+lab-screenshot: setup ## headless JupyterLab + Chromium on notebook 04 -> reports/lab_screenshot.png; fails on the news prompt
+	VENV=$(VENV) LAB_APP_SETTINGS_DIR=$(LAB_SETTINGS) bash scripts/lab_screenshot.sh notebooks/04_main_table.ipynb reports/lab_screenshot.png
 
 lock: ## re-resolve pyproject.toml into requirements.lock (to keep .venv's versions: scripts/lock.py --keep-installed)
 	$(PYTHON) scripts/lock.py

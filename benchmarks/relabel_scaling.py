@@ -1,4 +1,4 @@
-"""Cost of CCD's relabelling stage (the classifier-guided label update, SPEC §6): time and memory, cold and warm,
+"""Cost of CCD's relabelling stage (the classifier-guided label update, method.md §6): time and memory, cold and warm,
 at 1x, 2x, 4x the number of training images.
 
 The stage is :func:`ccdlib.label_update.classifier_guided_label_update` with the configuration ``make reproduce``
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                         best[phase] = r
         rows += [dict(best[p], scale=k) for p in ("cold", "warm")]
     base = {r["phase"]: r for r in rows if r["scale"] == scales[0]}
-    print(f"# relabelling stage (SPEC §6), ConSE {args.teacher_arch}, best of {args.repeat}; "
+    print(f"# relabelling stage (method.md §6), ConSE {args.teacher_arch}, best of {args.repeat}; "
           f"{rows[0]['threads']} torch threads, teacher batch {rows[0]['teacher_batch']}")
     print("| scale | train images | phase | crops | seconds | crops/s | images/s | time / 1x | "
           "RSS before (MB) | peak RSS (MB) | stage working set (MB) | CAM input (MB) |")

@@ -1,4 +1,4 @@
-"""The analyses behind the figure notebooks (SPEC §9): the computations that Fig. 1-3 and the qualitative
+"""The analyses behind the figure notebooks (method.md §9): the computations that Fig. 1-3 and the qualitative
 figure need beyond the method itself. Notebooks call these and plot; nothing here draws.
 
 - Fig. 1, view dependency: :func:`max_over_tiles`, :func:`view_dependency_summary`,
@@ -12,7 +12,7 @@ figure need beyond the method itself. Notebooks call these and plot; nothing her
   :func:`crop_diagnostics`.
 
 Shapes: ``N`` images, ``C`` classes, ``K`` tiles per image, ``M`` views (crops) over all images. Probabilities
-are the teacher's (SPEC §2) unless said otherwise; percentages are x100.
+are the teacher's (method.md §2) unless said otherwise; percentages are x100.
 """
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def object_views(boxes: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]], 
     Args:
         boxes: per image a ``(K_i, 5)`` array ``[class, x0, y0, x1, y1]`` (``MultiLabelDataset.boxes``).
         sizes: per image ``(width, height)``.
-        fraction: 0 = the GT box; 0.2 = "around the GT box" (+20 % each side, SPEC §11).
+        fraction: 0 = the GT box; 0.2 = "around the GT box" (+20 % each side, method.md §11).
 
     Returns:
         ``M`` views (image-major, in box order) and ``(M, 2)`` int ``(image, class)`` of each.
@@ -158,7 +158,7 @@ def top1_rates(global_probs: np.ndarray, crop_probs: np.ndarray, owners: np.ndar
 # ============================================================================================ Fig. 2
 def top1_statistics(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *,
                     confident: np.ndarray | None = None) -> pd.DataFrame:
-    """Per-class top-1 statistics of the teacher's global prediction (SPEC §4.3, Fig. 2).
+    """Per-class top-1 statistics of the teacher's global prediction (method.md §4.3, Fig. 2).
 
     Args:
         probs: ``(N, C)`` teacher probabilities of the whole images.
@@ -204,7 +204,7 @@ def biased_examples(probs: np.ndarray, labels: np.ndarray, k: int = 4) -> np.nda
 
 def debiasing_effect(p_global: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *, h_max: float = 2.0,
                      ls: float | None = 20, fallback: str = "mean") -> tuple[pd.DataFrame, CCDInitialLabels]:
-    """Pseudo-label quality (train split) of the global labels before and after CCD's debiasing (SPEC §4).
+    """Pseudo-label quality (train split) of the global labels before and after CCD's debiasing (method.md §4).
 
     Stages: the raw probabilities ``p``; ``p / bias`` (debiasing alone, no floor); ``max(p, 1/ls)`` (the LS floor
     alone); ``clamp(max(p, 1/ls) / bias, 0, 1)`` (CCD's ``y0``). Dividing a class's scores by a positive constant
@@ -357,14 +357,14 @@ def compare_label_sets(ctx: Context, label_sets: dict[str, LabelSet], *, epochs:
 # ============================================================================================ qualitative
 @dataclass
 class WarmupState:
-    """CCD after its warm-up epochs (SPEC §4-§6.1), before the label update: what notebook 07 looks at."""
+    """CCD after its warm-up epochs (method.md §4-§6.1), before the label update: what notebook 07 looks at."""
 
     ctx: Context
     trainer: StudentTrainer
     p_global: np.ndarray          # (N, C) teacher probabilities of the whole training images
     init: CCDInitialLabels        # debiased initial labels y0 and the class bias
     student_probs: np.ndarray     # (N, C) sigmoid outputs after the warm-up
-    tau: float                    # the class-selection threshold (SPEC §6.1)
+    tau: float                    # the class-selection threshold (method.md §6.1)
     selected: np.ndarray          # (N, C) bool: classes whose CAM gives a crop
 
 
@@ -405,7 +405,7 @@ def box_to_image(box: tuple[float, float, float, float], resolution: int, size: 
 
 @dataclass
 class ExampleUpdate:
-    """The label update of one training image, step by step (SPEC §6.2-§6.4).
+    """The label update of one training image, step by step (method.md §6.2-§6.4).
 
     ``classes`` are the selected classes (``S`` of them); per selected class its CAM (``cams (S, h, w)``,
     alpha-scaled with ``ccd.cam_alpha``), the
@@ -431,7 +431,7 @@ class ExampleUpdate:
 
 
 def explain_label_update(state: WarmupState, indices: Sequence[int]) -> list[ExampleUpdate]:
-    """CCD's classifier-guided label update (SPEC §6.2-§6.4, the config's ``ccd`` options) for a few training
+    """CCD's classifier-guided label update (method.md §6.2-§6.4, the config's ``ccd`` options) for a few training
     images, keeping every intermediate (CAMs, both box rules, crops, crop scores, labels) for display. The
     teacher scores only these images' crops (cached), so it is cheap."""
     ctx, c = state.ctx, state.ctx.cfg.ccd
@@ -472,7 +472,7 @@ def explain_label_update(state: WarmupState, indices: Sequence[int]) -> list[Exa
 
 def cam_heatmap(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A CAM for display: upsampled bilinearly to the image's ``size = (w, h)`` and min-max normalised to [0, 1]
-    (as SPEC §6.2 does before thresholding). ``(h', w') -> (h, w)``; a flat map gives zeros."""
+    (as method.md §6.2 does before thresholding). ``(h', w') -> (h, w)``; a flat map gives zeros."""
     w, h = size
     m = torch.as_tensor(np.asarray(cam), dtype=torch.float32)[None, None]
     up = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()

@@ -2,7 +2,7 @@
 
 A :class:`RunConfig` nests :class:`DataConfig`, :class:`~ccdlib.teachers.TeacherConfig`,
 :class:`~ccdlib.student.StudentConfig`, :class:`CCDConfig` and :class:`CDULConfig`. Defaults are the papers'
-(SPEC) except where the CPU-sized embedded run needs otherwise, which is said field by field.
+(docs/method.md) except where the CPU-sized embedded run needs otherwise, which is said field by field.
 
 ``load_config(path, overrides=["ccd.r=0.5", ...])`` reads YAML, applies ``key=value`` overrides (dotted keys,
 values parsed as YAML), rejects unknown keys and out-of-range values before any expensive work starts.
@@ -77,7 +77,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class CCDConfig:
-    """CCD (SPEC §4, §6). ``ls=0`` turns the label-smoothing floor off."""
+    """CCD (method.md §4, §6). ``ls=0`` turns the label-smoothing floor off."""
 
     h_max: float = 2.0
     ls: float = 20.0
@@ -141,7 +141,7 @@ class CCDConfig:
 
 @dataclass(frozen=True)
 class CDULConfig:
-    """CDUL (SPEC §3).
+    """CDUL (method.md §3).
 
     Gradient alignment, per mini-batch right after the optimiser step, with that batch's pre-step predictions, in
     the passes :func:`ccdlib.schedule.training_schedule` marks: those containing step ``m * ga_every_steps`` with
@@ -163,7 +163,7 @@ class CDULConfig:
     ga_step: float = 1.0            # multiplies the alignment step (the reproduction: 1)
     ga_sigma: float = 1.0           # psi's sigma (the reproduction: 1, "not specified in paper")
     alignment: str = "kl"           # "kl" (reproduction) | "bernoulli" (BCE analogue)
-    student_loss: str = "softmax_kl"  # "softmax_kl" (reproduction) | "bce" (SPEC §5's loss)
+    student_loss: str = "softmax_kl"  # "softmax_kl" (reproduction) | "bce" (method.md §5's loss)
     ga_warmup_steps: int = 314      # no alignment at or before this step (voc2012.yaml: 10 of 100 epochs)
     ga_every_steps: int = 314       # align in the pass that contains every multiple of this step count
     ga_warmup: int | None = None    # epochs: no alignment in epochs e with e + 1 <= ga_warmup (config.yaml: 0)

@@ -1,4 +1,4 @@
-"""The frozen-trunk feature cache (SPEC §5, ``mode="frozen"``): trunk feature maps of a few views of every
+"""The frozen-trunk feature cache (method.md §5, ``mode="frozen"``): trunk feature maps of a few views of every
 image, computed once and stored on disk by :class:`~ccdlib.cache.ArrayCache`, keyed by the trunk's weights, the
 input size, the view and the image files' fingerprints.
 """

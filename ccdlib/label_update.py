@@ -1,4 +1,4 @@
-"""CCD's classifier-guided label update (SPEC §6): the student's CAMs choose local views, the teacher scores
+"""CCD's classifier-guided label update (method.md §6): the student's CAMs choose local views, the teacher scores
 them, and the local labels are mixed into the global ones.
 
 Steps, one function each:
@@ -44,14 +44,14 @@ __all__ = [
 def calibrate_class_threshold(probs: np.ndarray, *, tau0: float = 0.05, step: float = 0.001, bound: float = 4,
                               block: int = 100, seed: int = 0, max_passes: int = 50, walk: str = "single_pass",
                               checks: int = 50) -> float:
-    """SPEC §6.1, the class-selection threshold: :func:`tau_walk`'s ``tau`` (see there)."""
+    """method.md §6.1, the class-selection threshold: :func:`tau_walk`'s ``tau`` (see there)."""
     return tau_walk(probs, tau0=tau0, step=step, bound=bound, block=block, seed=seed, max_passes=max_passes,
                     walk=walk, checks=checks)[0]
 
 
 def tau_walk(probs: np.ndarray, *, tau0: float = 0.05, step: float = 0.001, bound: float = 4, block: int = 100,
              seed: int = 0, max_passes: int = 50, walk: str = "single_pass", checks: int = 50) -> tuple[float, int]:
-    """SPEC §6.1: walk through shuffled images in blocks of ``block``; after each block, stop if the block's mean
+    """method.md §6.1: walk through shuffled images in blocks of ``block``; after each block, stop if the block's mean
     number of classes with ``prob >= tau`` lies in ``(bound, bound + 2)``, else ``tau += step``.
 
     ``probs``: ``(N, C)`` student sigmoid outputs, or ``(V, N, C)`` for ``V`` views of every image (the released
@@ -119,7 +119,7 @@ def select_classes(probs: np.ndarray, tau: float) -> np.ndarray:
 
 def cam_to_box(cam: np.ndarray | torch.Tensor, *, resolution: int = 640, threshold: float = 0.95,
                box_rule: str = "minmax") -> tuple[int, int, int, int] | None:
-    """SPEC §6.2 for one class map: upsample bilinearly to ``resolution x resolution``, min-max normalise, keep
+    """method.md §6.2 for one class map: upsample bilinearly to ``resolution x resolution``, min-max normalise, keep
     pixels ``> threshold`` and box them.
 
     ``cam (h, w)`` -> ``(x0, y0, x1, y1)`` in the ``resolution`` grid (``x1, y1`` exclusive), or ``None`` for a
@@ -191,7 +191,7 @@ def _add_box(views: list[View], owners: list[tuple[int, int]], cam, i: int, c: i
 
 def local_pseudo_labels(crop_probs: np.ndarray, crop_images: np.ndarray, n_images: int, bias: np.ndarray, *,
                         ls: float | None = 20) -> tuple[np.ndarray, np.ndarray]:
-    """SPEC §6.3: ``y_loc = max over the image's crops of p(crop)``, then the LS floor, then ``/ bias`` -- NOT
+    """method.md §6.3: ``y_loc = max over the image's crops of p(crop)``, then the LS floor, then ``/ bias`` -- NOT
     clamped (the released code clamps once, after the mix: :func:`mix_labels`).
 
     ``crop_probs (M, C)``, ``crop_images (M,)`` -> ``y_loc (N, C)`` and ``has_crops (N,)`` bool. The row of an image
@@ -210,7 +210,7 @@ def local_pseudo_labels(crop_probs: np.ndarray, crop_images: np.ndarray, n_image
 
 def mix_labels(y_prev: np.ndarray, y_loc: np.ndarray, has_crops: np.ndarray, *, r: float = 0.2,
                no_crop: str = "floor") -> np.ndarray:
-    """SPEC §6.4: ``y <- clamp(r * y_prev + (1 - r) * y_loc, 0, 1)``, the only clamp of the update.
+    """method.md §6.4: ``y <- clamp(r * y_prev + (1 - r) * y_loc, 0, 1)``, the only clamp of the update.
 
     An image with no crop (no selected class, or only flat CAMs): ``no_crop="floor"`` (default, the released code)
     mixes it like the others with its ``y_loc`` row, the floor row ``(1/ls) / bias`` of
@@ -248,7 +248,7 @@ def classifier_guided_label_update(*, y_prev: np.ndarray, student_probs: np.ndar
                                    tau_probs: np.ndarray | None = None, tau_checks: int = 50,
                                    batch_size: int | None = None, cache_dir: str | Path | None = None,
                                    progress: bool = True) -> LabelUpdateResult:
-    """SPEC §6, end to end. ``y_prev (N, C)`` debiased global labels, ``student_probs (N, C)`` sigmoid outputs,
+    """method.md §6, end to end. ``y_prev (N, C)`` debiased global labels, ``student_probs (N, C)`` sigmoid outputs,
     ``cams (N, C, h, w)`` or a function of image indices (:data:`CAMSource`, e.g. ``trainer.cams``) ->
     :class:`LabelUpdateResult`. Crops of all images are scored in shared batches. ``tau_probs``: what the threshold
     walk counts on (``(N, C)`` or ``(V, N, C)`` views, :func:`tau_walk`; default ``student_probs``), with

@@ -1,4 +1,4 @@
-"""Multi-label evaluation metrics (SPEC §8): mAP, and CP/CR/CF1/OP/OR/OF1 at a threshold and at top-k.
+"""Multi-label evaluation metrics (method.md §8): mAP, and CP/CR/CF1/OP/OR/OF1 at a threshold and at top-k.
 
 Conventions used throughout this module
 ---------------------------------------
@@ -220,7 +220,7 @@ def mean_average_precision(
     class_names: Sequence[str] | None = None,
     ignore: np.ndarray | None = None,
 ) -> MAPResult:
-    """mAP x100 over the classes that have at least one positive (SPEC §8).
+    """mAP x100 over the classes that have at least one positive (method.md §8).
 
     Args:
         scores: (N, C) float.
@@ -332,7 +332,7 @@ def evaluate(
     threshold: float = 0.5,
     k: int = 3,
 ) -> dict[str, float]:
-    """All SPEC §8 metrics in one flat dict.
+    """All method.md §8 metrics in one flat dict.
 
     Args:
         scores: (N, C) probabilities (sigmoid applied).

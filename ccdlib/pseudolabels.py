@@ -1,5 +1,5 @@
-"""Initial pseudo-labels from the teacher: CCD's debiased global labels (SPEC §4) and CDUL's global-local
-aggregation (SPEC §3), plus CDUL's gradient-alignment label update (per mini-batch, as the public reproduction
+"""Initial pseudo-labels from the teacher: CCD's debiased global labels (method.md §4) and CDUL's global-local
+aggregation (method.md §3), plus CDUL's gradient-alignment label update (per mini-batch, as the public reproduction
 runs it, and its Bernoulli-KL analogue for a sigmoid/BCE student).
 
 Every function is pure (numpy in, numpy out). Shapes: ``N`` images, ``C`` classes, ``K`` tiles per image.
@@ -37,13 +37,13 @@ def entropy(p: np.ndarray) -> np.ndarray:
 
 
 def confident_images(p: np.ndarray, *, h_max: float = 2.0) -> np.ndarray:
-    """SPEC §4.2: image ``i`` is confident if ``H(p_i) <= h_max``. ``(N, C) -> (N,)`` bool."""
+    """method.md §4.2: image ``i`` is confident if ``H(p_i) <= h_max``. ``(N, C) -> (N,)`` bool."""
     return entropy(p) <= h_max
 
 
 def class_bias(p: np.ndarray, confident: np.ndarray | None = None, *, fallback: str = "mean"
                ) -> tuple[np.ndarray, list[int]]:
-    """SPEC §4.3: per-class mean top-1 probability over confident images.
+    """method.md §4.3: per-class mean top-1 probability over confident images.
 
     ``bias_c = mean{ p_{i,k_i} : confident i with k_i = argmax_c p_ic = c }``.
 
@@ -77,13 +77,13 @@ def class_bias(p: np.ndarray, confident: np.ndarray | None = None, *, fallback: 
 
 
 def label_smoothing_floor(p: np.ndarray, *, ls: float | None = 20) -> np.ndarray:
-    """SPEC §4.4 (option ``LS``): ``p <- max(p, 1/ls)``; ``ls=None`` or ``0`` leaves ``p`` unchanged."""
+    """method.md §4.4 (option ``LS``): ``p <- max(p, 1/ls)``; ``ls=None`` or ``0`` leaves ``p`` unchanged."""
     p = np.asarray(p, dtype=np.float64)
     return np.maximum(p, 1.0 / ls) if ls else p.copy()
 
 
 def debias(p: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """SPEC §4.5: ``clamp(p / bias, 0, 1)`` per class. ``(N, C), (C,) -> (N, C)``."""
+    """method.md §4.5: ``clamp(p / bias, 0, 1)`` per class. ``(N, C), (C,) -> (N, C)``."""
     return np.clip(np.asarray(p, dtype=np.float64) / np.asarray(bias, dtype=np.float64)[None, :], 0.0, 1.0)
 
 
@@ -101,7 +101,7 @@ class CCDInitialLabels:
 def ccd_initial_pseudo_labels(p_global: np.ndarray, *, h_max: float = 2.0, ls: float | None = 20,
                               debiasing: bool = True, fallback: str = "mean",
                               class_names: list[str] | None = None) -> CCDInitialLabels:
-    """SPEC §4: confident filter -> class bias -> LS floor -> debias.
+    """method.md §4: confident filter -> class bias -> LS floor -> debias.
 
     ``p_global (N, C)`` -> :class:`CCDInitialLabels` with ``labels (N, C)``. ``debiasing=False`` keeps the
     floored probabilities (the ablation). Classes without a bias estimate are reported in a warning.
@@ -118,7 +118,7 @@ def ccd_initial_pseudo_labels(p_global: np.ndarray, *, h_max: float = 2.0, ls: f
 
 
 def cdul_aggregate(tile_probs: np.ndarray, *, theta: float = 0.0) -> np.ndarray:
-    """SPEC §3 aggregator: ``alpha = max_k S_k``, ``beta = min_k S_k``, ``gamma = 1[alpha >= theta]``,
+    """method.md §3 aggregator: ``alpha = max_k S_k``, ``beta = min_k S_k``, ``gamma = 1[alpha >= theta]``,
     ``S_ag = gamma*alpha + (1-gamma)*beta``. ``(N, K, C) -> (N, C)``."""
     s = np.asarray(tile_probs, dtype=np.float64)
     alpha, beta = s.max(1), s.min(1)
@@ -128,14 +128,14 @@ def cdul_aggregate(tile_probs: np.ndarray, *, theta: float = 0.0) -> np.ndarray:
 
 def cdul_initial_pseudo_labels(p_global: np.ndarray, tile_probs: np.ndarray, *, theta: float = 0.0,
                                lam: float = 0.0) -> np.ndarray:
-    """SPEC §3: ``y0 = 0.5 * (S_g + S_ag + lam*|S_g - S_ag|)``. ``(N, C), (N, K, C) -> (N, C)``."""
+    """method.md §3: ``y0 = 0.5 * (S_g + S_ag + lam*|S_g - S_ag|)``. ``(N, C), (N, K, C) -> (N, C)``."""
     s_g = np.asarray(p_global, dtype=np.float64)
     s_ag = cdul_aggregate(tile_probs, theta=theta)
     return 0.5 * (s_g + s_ag + lam * np.abs(s_g - s_ag))
 
 
 def cdul_alignment_schedule(epoch: int, *, warmup: int = 0, every: int = 10) -> bool:
-    """SPEC §3: whether CDUL aligns its labels during (0-based) ``epoch``: ``(epoch + 1) > warmup`` and
+    """method.md §3: whether CDUL aligns its labels during (0-based) ``epoch``: ``(epoch + 1) > warmup`` and
     ``(epoch + 1) % every == 0`` (the reproduction's schedule; one aligned epoch, the last, in a 10-epoch run)."""
     return (epoch + 1) > warmup and (epoch + 1) % every == 0
 
@@ -167,7 +167,7 @@ def cdul_kl_label_gradient(labels: np.ndarray, student_probs: np.ndarray) -> np.
 
 def cdul_gradient_alignment_update(labels: np.ndarray, student_probs: np.ndarray, *, sigma: float = 1.0,
                                    step: float = 1.0, eps: float = 1e-6) -> np.ndarray:
-    """CDUL's gradient alignment (SPEC §3) as the public reproduction runs it, on one mini-batch.
+    """CDUL's gradient alignment (method.md §3) as the public reproduction runs it, on one mini-batch.
 
     ``student_probs`` are the batch's *pre-step* softmax outputs ``p = softmax(f(x))`` (the network trains with
     softmax + KL). With ``g = dL/dy`` from :func:`cdul_kl_label_gradient` (``L`` the batch-mean KL of the
@@ -187,7 +187,7 @@ def cdul_gradient_alignment_update(labels: np.ndarray, student_probs: np.ndarray
 
 def cdul_bernoulli_alignment_update(labels: np.ndarray, student_logits: np.ndarray, *, sigma: float = 1.0,
                                     step: float = 1.0, eps: float = 1e-6) -> np.ndarray:
-    """The aligned analogue of :func:`cdul_gradient_alignment_update` for a sigmoid/BCE student (SPEC §3).
+    """The aligned analogue of :func:`cdul_gradient_alignment_update` for a sigmoid/BCE student (method.md §3).
 
     The per-class Bernoulli KL between label and prediction has gradient ``logit(y) - z`` in the label's logit
     ``u``, so ``u <- u - step * psi(y) * (u - z)`` with ``z`` the batch's pre-step student logits; fixed point

@@ -26,7 +26,7 @@ Supported layouts
       <root>/Groundtruth/TrainTestLabels/Labels_<concept>_Train.txt, ..._Test.txt  # one 0/1 per line
       <root>/Flickr/<relative path>   (or <root>/images/<relative path or file name>)
 
-VOC "difficult" policy (fixed; see SPEC §8)
+VOC "difficult" policy (fixed; see method.md §8)
 -------------------------------------------
 A VOC object may be flagged ``<difficult>1</difficult>``. :func:`read_voc` takes ``difficult=``:
 

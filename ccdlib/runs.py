@@ -263,19 +263,19 @@ def view_probabilities(ctx: Context, split: str, views: list[View], *, desc: str
 
 
 def global_probabilities(ctx: Context, split: str = "train") -> np.ndarray:
-    """SPEC §2/§4.1: ``p(whole image)`` for every image of the split: ``(N, C)``."""
+    """method.md §2/§4.1: ``p(whole image)`` for every image of the split: ``(N, C)``."""
     return view_probabilities(ctx, split, global_views(len(ctx.split(split))), desc=f"global views ({split})")
 
 
 def grid_probabilities(ctx: Context, split: str = "train", n: int = 3) -> np.ndarray:
-    """``p(tile)`` for an ``n x n`` grid of every image: ``(N, n*n, C)`` (SPEC §3, Fig. 1)."""
+    """``p(tile)`` for an ``n x n`` grid of every image: ``(N, n*n, C)`` (method.md §3, Fig. 1)."""
     ds = ctx.split(split)
     p = view_probabilities(ctx, split, grid_views(ctx.image_sizes(split), n), desc=f"{n}x{n} tiles ({split})")
     return p.reshape(len(ds), n * n, -1)
 
 
 def pseudo_label_quality(labels: np.ndarray, ds: MultiLabelDataset) -> dict[str, float]:
-    """mAP, CF1, OF1 (x100) of pseudo-labels against a split's ground truth (SPEC §9 ablations)."""
+    """mAP, CF1, OF1 (x100) of pseudo-labels against a split's ground truth (method.md §9 ablations)."""
     m = evaluate(np.asarray(labels, dtype=np.float64), ds.labels, class_names=list(ds.class_ids))
     return {k: m[k] for k in ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3")}
 
@@ -392,7 +392,7 @@ def run_teacher_global(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
     global probabilities of the training split (no debiasing, no local views), for the common step budget."""
     ctx = ctx or make_context(cfg)
     timer = _Timer()
-    # 1. teacher global prediction (SPEC §2)
+    # 1. teacher global prediction (method.md §2)
     p_train = timer("teacher_global", lambda: global_probabilities(ctx, "train"))
     p_test = timer("teacher_global", lambda: global_probabilities(ctx, "test"))
     # 2. student on the global labels
@@ -404,7 +404,7 @@ def run_teacher_global(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
 
 
 def run_cdul(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
-    """CDUL (SPEC §3): global + 3x3-tile aggregation -> y0; train; refine labels by gradient alignment in the
+    """CDUL (method.md §3): global + 3x3-tile aggregation -> y0; train; refine labels by gradient alignment in the
     passes the schedule marks (``cdul.ga_warmup_steps`` / ``cdul.ga_every_steps``)."""
     ctx = ctx or make_context(cfg)
     c = cfg.cdul
@@ -416,7 +416,7 @@ def run_cdul(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
     y = cdul_initial_pseudo_labels(p_global, p_tiles, theta=c.theta, lam=c.lam)
     stages = {"global": p_global, "cdul_initial": y}
     # 3. train (softmax + KL as the reproduction, or BCE); in the scheduled passes, after every optimiser step, move
-    #    that mini-batch's labels by gradient alignment with its pre-step predictions (SPEC §3)
+    #    that mini-batch's labels by gradient alignment with its pre-step predictions (method.md §3)
     trainer = timer("student_features", lambda: _trainer(ctx, batch_size=c.batch_size or cfg.student.batch_size))
     log, schedule = _log(ctx, trainer, "cdul", student_loss=c.student_loss)
     labels = np.array(y, dtype=np.float64, copy=True)      # the live labels the alignment writes
@@ -456,14 +456,14 @@ def train_view_probabilities(trainer: StudentTrainer) -> np.ndarray:
 
 
 def run_ccd(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
-    """CCD (SPEC §4-§6): debiased global labels -> warm-up (``ccd.warmup_steps``) -> classifier-guided label
+    """CCD (method.md §4-§6): debiased global labels -> warm-up (``ccd.warmup_steps``) -> classifier-guided label
     update -> consistency, for the common step budget."""
     ctx = ctx or make_context(cfg)
     c = cfg.ccd
     timer = _Timer()
     # 1. teacher global prediction of every training image
     p_global = timer("teacher_global", lambda: global_probabilities(ctx, "train"))
-    # 2. initial pseudo-labels: confidence filter, class bias, LS floor, debiasing (SPEC §4)
+    # 2. initial pseudo-labels: confidence filter, class bias, LS floor, debiasing (method.md §4)
     init = ccd_initial_pseudo_labels(p_global, h_max=c.h_max, ls=c.ls or None, debiasing=c.debiasing,
                                      fallback=c.bias_fallback, class_names=list(ctx.train.class_ids))
     y = init.labels
@@ -476,7 +476,7 @@ def run_ccd(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
     warmup = schedule.warmup_passes
     _train_passes(log, timer, y, range(warmup))
     info["steps_before_update"] = schedule.steps_before_update
-    # 4. the classifier-guided label update, once (SPEC §6): tau from the student on its training views (or the
+    # 4. the classifier-guided label update, once (method.md §6): tau from the student on its training views (or the
     #    cam_image_size pass: ccd.tau_input), the class selection and the (alpha-scaled) CAMs from the
     #    cam_image_size image (released: 640 px)
     if c.local_views:

@@ -190,6 +190,6 @@ def embed_views(teacher: Teacher, image_paths: Sequence[str | Path], views: Sequ
 
 def score_views(teacher: Teacher, image_paths: Sequence[str | Path], views: Sequence[View],
                 classifier: torch.Tensor, **kw) -> np.ndarray:
-    """Teacher probabilities of ``V`` views over ``C`` classes: ``(V, C)`` (SPEC §2)."""
+    """Teacher probabilities of ``V`` views over ``C`` classes: ``(V, C)`` (method.md §2)."""
     emb = embed_views(teacher, image_paths, views, **kw)
     return teacher.predict(emb, classifier).numpy()

@@ -12,7 +12,7 @@ Selection rules (each picks one checkpoint of a run; a verdict is reported under
 - ``few_label``: the checkpoint of best mAP on ``k`` labelled training images per class held out of training
   (:func:`few_label_split`; ``data.few_label_k``), the realistic-evaluation protocol (Oliver et al., 2018).
 
-Scoring rules (how test probabilities are read from the logits): ``sigmoid`` (multi-label, CCD's and SPEC §5's),
+Scoring rules (how test probabilities are read from the logits): ``sigmoid`` (multi-label, CCD's and method.md §5's),
 ``softmax`` (the CDUL reproduction's evaluation of its softmax + KL head) and ``reference`` (each method as its
 reference scores it: :func:`reference_scoring`).
 """

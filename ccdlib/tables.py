@@ -5,8 +5,8 @@ Every function here reads what :func:`ccdlib.runs.run` returns (the JSON of a ru
 unit-tested on hand-made inputs (``tests/test_tables.py``).
 
 - :func:`main_table`, :func:`selection_rules_table`, :func:`dataset_columns` -- the main results table
-  (SPEC §9) with the checkpoint-selection rule of every row (SPEC §7).
-- :func:`published_numbers` -- the papers' published mAP (SPEC §10), from ``ccdlib/data/published.yaml``.
+  (method.md §9) with the checkpoint-selection rule of every row (method.md §7).
+- :func:`published_numbers` -- the papers' published mAP (method.md §10), from ``ccdlib/data/published.yaml``.
 - :func:`epoch_curves`, :func:`selected_epochs` -- test mAP per epoch and the epochs each rule picked.
 - :func:`ablation_grid`, :func:`ablation_table` -- one-override CCD ablations against the default run.
 - :func:`stage_quality_table`, :func:`per_class_stage_ap`, :func:`initial_stage_labels`,
@@ -33,10 +33,10 @@ __all__ = [
     "claims_paragraph", "seeded_score_table", "seed_values", "view_and_bias_claims",
 ]
 
-#: The metrics of the main table: mAP, and CF1 / OF1 at threshold 0.5 and at top-3 (SPEC §8).
+#: The metrics of the main table: mAP, and CF1 / OF1 at threshold 0.5 and at top-3 (method.md §8).
 MAIN_METRICS: tuple[str, ...] = ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3")
 
-#: Checkpoint-selection rules (SPEC §7) as a table shows them; ``gt_best`` reads the *test* labels.
+#: Checkpoint-selection rules (method.md §7) as a table shows them; ``gt_best`` reads the *test* labels.
 RULE_LABELS: dict[str, str] = {
     "zero_shot": "none (no training)",
     "last": "last epoch",
@@ -114,7 +114,7 @@ def _method_key(result: Mapping[str, Any]) -> str:
 
 def main_table(results: Iterable[Mapping[str, Any]], *, rule: str = "gt_free",
                metrics: Sequence[str] = MAIN_METRICS) -> pd.DataFrame:
-    """One row per method: test metrics of the checkpoint that ``rule`` picked (SPEC §7, §9).
+    """One row per method: test metrics of the checkpoint that ``rule`` picked (method.md §7, §9).
 
     Args:
         results: run results as :func:`ccdlib.runs.run` returns them. A ``teacher_global`` run gives two rows:
@@ -175,7 +175,7 @@ def dataset_columns(table: pd.DataFrame, data_kind: str, *, metric: str = "mAP")
 
 
 def published_numbers(path: str | Path | None = None) -> pd.DataFrame:
-    """The papers' published mAP (SPEC §10) from ``ccdlib/data/published.yaml`` (or ``path``).
+    """The papers' published mAP (method.md §10) from ``ccdlib/data/published.yaml`` (or ``path``).
 
     Returns:
         Columns ``method, VOC07, VOC12, COCO14, NUS-WIDE, note``. A single number is a float, a range
@@ -248,7 +248,7 @@ def _fmt(v: Any) -> str:
 def ablation_grid(*, switches: Sequence[str] = ("debiasing", "local_views", "consistency"),
                   ratios: Sequence[float] = (), offsets: Sequence[float] = (), bounds: Sequence[float] = (),
                   box_rules: Sequence[str] = (), default: Any = None) -> list[Ablation]:
-    """The one-override CCD ablations (SPEC §9), the default run first.
+    """The one-override CCD ablations (method.md §9), the default run first.
 
     Args:
         switches: CCD on/off options turned *off* one at a time: ``debiasing``, ``local_views`` (the CAM label
@@ -321,7 +321,7 @@ def ablation_table(grid: Sequence[Ablation], results: Sequence[Mapping[str, Any]
 # --------------------------------------------------------------------------------------------- pseudo-label stages
 def stage_quality_table(results: Iterable[Mapping[str, Any]], *,
                         metrics: Sequence[str] = MAIN_METRICS) -> pd.DataFrame:
-    """Pseudo-label quality against the *training* ground truth after each stage (SPEC §9), in :data:`STAGES`
+    """Pseudo-label quality against the *training* ground truth after each stage (method.md §9), in :data:`STAGES`
     order: ``stage, label, run, *metrics``. A stage recorded by several runs (``global``) is listed once."""
     seen: dict[str, dict] = {}
     for res in results:
@@ -351,8 +351,8 @@ def per_class_stage_ap(stages: Mapping[str, np.ndarray], labels: np.ndarray, cla
 def initial_stage_labels(p_global: np.ndarray, p_tiles: np.ndarray | None = None, *, ccd: Any = None,
                          cdul: Any = None, class_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """The pseudo-label stages computable from the teacher alone, exactly as the runs compute them:
-    ``global``, ``ccd_floored``, ``ccd_debiased`` (SPEC §4) and, given ``p_tiles (N, T, C)``, ``cdul_initial``
-    (SPEC §3). ``ccd``/``cdul``: the run's :class:`CCDConfig` / :class:`CDULConfig` (``None``: defaults)."""
+    ``global``, ``ccd_floored``, ``ccd_debiased`` (method.md §4) and, given ``p_tiles (N, T, C)``, ``cdul_initial``
+    (method.md §3). ``ccd``/``cdul``: the run's :class:`CCDConfig` / :class:`CDULConfig` (``None``: defaults)."""
     import warnings
 
     from .config import CCDConfig, CDULConfig
@@ -424,7 +424,7 @@ def _seed_groups(runs: Iterable[SeedRun], rule: str) -> dict[tuple[str, str], li
 def seeded_main_table(runs: Iterable[SeedRun], labels: Mapping[str, np.ndarray], *, rule: str = "gt_free",
                       reference: str = "ccd", metrics: Sequence[str] = ("mAP", "CF1", "OF1"),
                       n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """The main table over training seeds, with bootstrap intervals (issue 12; SPEC §7, §9).
+    """The main table over training seeds, with bootstrap intervals (issue 12; method.md §7, §9).
 
     Per stamp protocol and method (rows in :data:`METHOD_LABELS` order), from the checkpoint ``rule`` picked:
 

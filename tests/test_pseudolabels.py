@@ -1,4 +1,4 @@
-"""Hand-computed cases for SPEC §3 (CDUL) and §4 (CCD initial labels)."""
+"""Hand-computed cases for method.md §3 (CDUL) and §4 (CCD initial labels)."""
 import math
 import warnings
 
@@ -75,7 +75,7 @@ def test_cdul_aggregator_hand_case():
 
 
 def test_gradient_alignment_fixed_point_kl():
-    """Labels proportional to the student's softmax prediction do not move (SPEC §3: the rule's fixed point)."""
+    """Labels proportional to the student's softmax prediction do not move (method.md §3: the rule's fixed point)."""
     rng = np.random.default_rng(0)
     p = rng.dirichlet(np.ones(5), size=4)
     for y in (p, 0.7 * p / p.max(1, keepdims=True)):          # equal, and proportional (renormalised equal)
@@ -84,7 +84,7 @@ def test_gradient_alignment_fixed_point_kl():
 
 
 def test_gradient_alignment_one_hand_computed_batch():
-    """B = 2, C = 2, computed by hand from SPEC §3: g = (log(yhat/phat) - KL) / (B S), u <- u - psi(y) g."""
+    """B = 2, C = 2, computed by hand from method.md §3: g = (log(yhat/phat) - KL) / (B S), u <- u - psi(y) g."""
     y = np.array([[0.5, 0.25], [0.2, 0.2]])
     p = np.array([[0.5, 0.5], [0.9, 0.1]])
     out = cdul_gradient_alignment_update(y, p, sigma=1.0)

@@ -11,7 +11,7 @@ Sources:
   local labels and mix 299-332, ``alpha = coeff`` 343-345, training losses and the GT-free checkpoint at the end of
   the epoch loop); ``models.py`` (``forward``, line 44: the alpha-scaled CAM and its GAP).
 - CDUL: github cs-mshah/CDUL ``src/train.py`` (``Trainer.train``: the softmax + KL training loss and the per-batch
-  latent pseudo-label update after ``optimizer.step()``; SPEC §3 cites lines 121-144 of the version with the
+  latent pseudo-label update after ``optimizer.step()``; method.md §3 cites lines 121-144 of the version with the
   epoch schedule).
 """
 from __future__ import annotations

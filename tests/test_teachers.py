@@ -1,5 +1,5 @@
 """Tests of ccdlib.teachers: ConSE on real photos, the open_clip back-end on a tiny random model, the
-softmax of SPEC §2, scale fitting, and configuration errors. Nothing is downloaded."""
+softmax of method.md §2, scale fitting, and configuration errors. Nothing is downloaded."""
 from __future__ import annotations
 
 import json
@@ -199,7 +199,7 @@ def test_conse_unknown_arch():
 
 
 # --------------------------------------------------------------------------------------------------
-# SPEC §2 softmax and scale fitting
+# method.md §2 softmax and scale fitting
 # --------------------------------------------------------------------------------------------------
 F2 = np.array([[1.0, 0.0], [0.6, 0.8]])
 T2 = np.array([[1.0, 0.0], [0.0, 1.0]])
