@@ -39,7 +39,7 @@ __all__ = [
     "pseudo_label_quality", "select_checkpoints", "RunResult", "run_teacher_global", "run_cdul", "run_ccd",
     "run_supervised", "run", "RUNNERS", "input_fingerprint", "check_inputs_unchanged", "check_writable",
     "check_splits", "TrainingState", "discard_training_state", "TEST_SCORES_FILE", "save_test_scores", "load_test_scores",
-    "run_with_test_scores",
+    "run_with_test_scores", "align_split_classes",
 ]
 
 
@@ -57,6 +57,7 @@ def load_data(cfg: DataConfig, *, cache_dir: str | Path | None = None, seed: int
         extra = {"classes": cfg.classes} if cfg.classes and cfg.kind.startswith("voc") else {}
         train = load_dataset(cfg.kind, cfg.root, cfg.train_split, **extra)
         test = load_dataset(cfg.kind, cfg.root, cfg.test_split, **extra)
+        test = align_split_classes(train, test)   # COCO: each file numbers its own categories (issue 17)
     rng = np.random.default_rng(seed)
     if cfg.max_train and cfg.max_train < len(train):
         train = train.subset(sorted(rng.choice(len(train), cfg.max_train, replace=False)), name=f"{train.name}[:{cfg.max_train}]")
@@ -149,9 +150,104 @@ def check_splits(train: MultiLabelDataset, test: MultiLabelDataset) -> None:
     if train.num_classes < 2:
         raise DatasetError(f"{train.name} has {train.num_classes} class ({', '.join(train.class_ids)}): a run needs "
                            f"at least 2 classes (the teacher's softmax over one class is always 1)")
+    if tuple(train.class_ids) != tuple(test.class_ids):   # issue 17: else a shape mismatch at the first evaluation
+        raise DatasetError(_class_mismatch(train, test))
+    _check_measurable(train, test)
     if not np.asarray(test.labels).any():
         warnings.warn(f"test split {test.name} has no labelled object: the run trains, labels and saves, but its "
                       f"test metrics are NaN and the gt_best checkpoint rule (best test mAP) is skipped", stacklevel=3)
+
+
+def _split_source(ds: MultiLabelDataset) -> str:
+    """The file a split was read from where there is one (COCO's JSON), else its name and root."""
+    meta = ds.meta or {}
+    if meta.get("annotation_file"):
+        return str(meta["annotation_file"])
+    return f"{ds.name} ({meta['root']})" if meta.get("root") else ds.name
+
+
+def _class_mismatch(train: MultiLabelDataset, test: MultiLabelDataset) -> str:
+    only_train = [c for c in train.class_ids if c not in set(test.class_ids)]
+    only_test = [c for c in test.class_ids if c not in set(train.class_ids)]
+    if not only_train and not only_test:
+        return (f"the training split {_split_source(train)} and the test split {_split_source(test)} list the same "
+                f"classes in another order ({list(train.class_ids)[:5]}... vs {list(test.class_ids)[:5]}...): the "
+                f"label columns would not correspond")
+    return (f"the training split {_split_source(train)} and the test split {_split_source(test)} have different "
+            f"classes: only in training {only_train[:10]}{' ...' if len(only_train) > 10 else ''}, only in test "
+            f"{only_test[:10]}{' ...' if len(only_test) > 10 else ''}; both splits must use one class list")
+
+
+def align_split_classes(train: MultiLabelDataset, test: MultiLabelDataset) -> MultiLabelDataset:
+    """``test`` with its class columns in ``train``'s order (issue 17). COCO orders each file's categories by its
+    own category ids, so two files numbering them differently gave test labels whose columns meant other classes
+    (a silently wrong mAP). Classes are matched by name; the training split's order wins, the test labels, boxes,
+    difficult flags and ``meta["category_ids"]`` are re-indexed, and a warning names both files and the ids that
+    differ. Different class sets are a :class:`~ccdlib.errors.DatasetError` naming both files and the classes."""
+    import warnings
+    from .datasets import ClassList
+    from .errors import DatasetError
+    if tuple(train.class_ids) == tuple(test.class_ids):
+        return test
+    if set(train.class_ids) != set(test.class_ids) or len(train.class_ids) != len(test.class_ids):
+        raise DatasetError(_class_mismatch(train, test))
+    order = [test.class_ids.index(c) for c in train.class_ids]    # new column k = old column order[k]
+    new_index = np.empty(len(order), dtype=np.int64)
+    new_index[order] = np.arange(len(order))                     # old column j -> new column new_index[j]
+    meta = dict(test.meta)
+    cat_ids = meta.get("category_ids")
+    differ = ""
+    if cat_ids is not None and train.meta.get("category_ids") is not None:
+        tr = dict(zip(train.class_ids, train.meta["category_ids"]))
+        te = dict(zip(test.class_ids, cat_ids))
+        diff = [f"{c!r}: {tr[c]} vs {te[c]}" for c in train.class_ids if tr[c] != te[c]]
+        differ = f" (category ids {', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''})"
+        meta["category_ids"] = [cat_ids[j] for j in order]
+    boxes = None
+    if test.boxes is not None:
+        boxes = []
+        for b in test.boxes:
+            b = np.array(b, copy=True)
+            if len(b):
+                b[:, 0] = new_index[b[:, 0].astype(np.int64)]
+            boxes.append(b)
+    warnings.warn(f"the training split {_split_source(train)} and the test split {_split_source(test)} number their "
+                  f"classes differently{differ}: the test labels are re-indexed by class name to the training "
+                  f"split's order", UserWarning, stacklevel=2)
+    classes = ClassList(tuple(train.class_ids), tuple(test.prompt_names[j] for j in order))
+    return MultiLabelDataset(name=test.name, image_ids=list(test.image_ids), image_paths=list(test.image_paths),
+                             labels=np.asarray(test.labels)[:, order], classes=classes, boxes=boxes,
+                             difficult=None if test.difficult is None else np.asarray(test.difficult)[:, order],
+                             meta=meta)
+
+
+def _check_measurable(train: MultiLabelDataset, test: MultiLabelDataset) -> None:
+    """Issue 17: a test split that cannot measure anything. Fewer than 2 images (a mAP over one image is 100 or 0)
+    and a test split holding exactly the training images are :class:`~ccdlib.errors.DatasetError`; a partial
+    overlap (the same image files) is warned, naming the first ids and the count. Image ids are not compared: a
+    VOC / NUS-WIDE id names one file under its root (the paths say it), and COCO-format files that each number
+    their images from 1 name different images in their own split folders."""
+    import os
+    import warnings
+    from .errors import DatasetError
+    if len(test) < 2:
+        raise DatasetError(f"test split {test.name} ({_split_source(test)}) has {len(test)} image "
+                           f"({', '.join(test.image_ids)}): its mAP would be 100 or 0; a test split needs at least "
+                           f"2 images (check data.test_split / data.max_test)")
+
+    def norm(p) -> str:
+        return os.path.normpath(os.path.abspath(os.fspath(p)))
+    train_paths = {norm(p) for p in train.image_paths}
+    shared = [i for i, p in zip(test.image_ids, test.image_paths) if norm(p) in train_paths]
+    if not shared:
+        return
+    if len(shared) == len(test) == len(train):
+        raise DatasetError(f"the test split {_split_source(test)} and the training split {_split_source(train)} hold "
+                           f"the same {len(test)} images (e.g. {', '.join(test.image_ids[:5])}): a test split must "
+                           f"hold images the student did not train on (check data.train_split / data.test_split)")
+    warnings.warn(f"{len(shared)} of the {len(test)} test images of {_split_source(test)} are also in the training "
+                  f"split {_split_source(train)} (e.g. {', '.join(shared[:5])}): test metrics on them measure "
+                  f"memorisation, not generalisation", UserWarning, stacklevel=3)
 
 
 def input_fingerprint(train: MultiLabelDataset, test: MultiLabelDataset, *,

@@ -122,3 +122,121 @@ def test_config_folder_is_named(tmp_path, no_expensive_work, capsys):
     assert main(["run", "--config", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: config ") and "is a folder" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------ 2, 3. COCO splits' categories
+def _coco_split(root: Path, split: str, categories: list[tuple[int, str]], images: list[tuple[str, list[str]]]) -> Path:
+    """``root/split/<file>.jpg`` and ``root/annotations/instances_<split>.json``; ``images``: (file, class names)."""
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / split).mkdir(parents=True, exist_ok=True)
+    by_name = {name: cid for cid, name in categories}
+    imgs, anns = [], []
+    for k, (fname, names) in enumerate(images, 1):
+        Image.new("RGB", (40, 30), (k * 20, 0, 0)).save(root / split / fname)
+        imgs.append({"id": k, "file_name": fname, "width": 40, "height": 30})
+        for n in names:
+            anns.append({"id": len(anns) + 1, "image_id": k, "category_id": by_name[n], "bbox": [1, 1, 10, 10],
+                         "iscrowd": 0, "area": 100})
+    path = root / "annotations" / f"instances_{split}.json"
+    path.write_text(json.dumps({"images": imgs, "annotations": anns,
+                                "categories": [{"id": cid, "name": n} for cid, n in categories]}))
+    return path
+
+
+def _coco_cfg(root: Path, tmp: Path):
+    from ccdlib.config import DataConfig
+    return DataConfig(kind="coco", root=str(root), train_split="train", test_split="val")
+
+
+TRAIN_CATS = [(1, "cat"), (2, "dog"), (3, "bird")]
+TRAIN_IMAGES = [("t1.jpg", ["cat"]), ("t2.jpg", ["dog", "bird"]), ("t3.jpg", ["cat", "dog"])]
+
+
+def test_coco_splits_numbering_categories_differently_are_aligned_by_name(tmp_path):
+    from ccdlib.runs import check_splits, load_data
+    root = tmp_path / "coco"
+    _coco_split(root, "train", TRAIN_CATS, TRAIN_IMAGES)
+    val_json = _coco_split(root, "val", [(1, "dog"), (2, "cat"), (3, "bird")],      # cat and dog swapped
+                           [("v1.jpg", ["cat"]), ("v2.jpg", ["dog", "bird"]), ("v3.jpg", ["dog"])])
+    with pytest.warns(UserWarning, match=r"instances_train\.json and the test split .*instances_val\.json number "
+                                         r"their classes differently \(category ids 'cat': 1 vs 2, 'dog': 2 vs 1\)"):
+        train, test = load_data(_coco_cfg(root, tmp_path))
+    assert test.class_ids == train.class_ids == ("cat", "dog", "bird")
+    # each image's labels mean the classes its annotations name
+    got = {i: sorted(c for c, v in zip(test.class_ids, row) if v) for i, row in zip(test.image_ids, test.labels)}
+    assert got == {"1": ["cat"], "2": ["bird", "dog"], "3": ["dog"]}
+    assert [int(b[0, 0]) for b in test.boxes] == [0, 1, 1]                          # box class columns too
+    assert test.meta["category_ids"] == [2, 1, 3] and test.meta["annotation_file"] == str(val_json)
+    check_splits(train, test)
+    # what a mAP sees: a perfect scorer of the true classes is perfect after alignment
+    from ccdlib.metrics import mean_average_precision
+    assert mean_average_precision(test.labels.astype(float), test.labels).map == pytest.approx(100.0)
+
+
+def test_coco_splits_with_other_categories_are_refused_at_load_time(tmp_path, monkeypatch, capsys):
+    from ccdlib.runs import check_splits, load_data, make_context
+    root = tmp_path / "coco"
+    _coco_split(root, "train", TRAIN_CATS, TRAIN_IMAGES)
+    _coco_split(root, "val", [(1, "cat"), (2, "dog"), (4, "horse")], [("v1.jpg", ["cat"]), ("v2.jpg", ["horse"])])
+    with pytest.raises(DatasetError, match=r"instances_train\.json and the test split .*instances_val\.json have "
+                                           r"different classes: only in training \['bird'\], only in test \['horse'\]"):
+        load_data(_coco_cfg(root, tmp_path))
+    from ccdlib.readers import read_coco     # check_splits on splits read by hand says the same
+    with pytest.raises(DatasetError, match=r"only in training \['bird'\], only in test \['horse'\]"):
+        check_splits(read_coco(root, "train"), read_coco(root, "val"))
+    monkeypatch.setattr(ccdlib.runs, "get_teacher", _boom)   # before the teacher (and any scoring)
+    cfg = run_config_from_params(dict(data_kind="coco", data_root=str(root), data_train_split="train",
+                                      data_test_split="val", teacher_device="cpu", student_device="cpu",
+                                      out_dir=str(tmp_path / "r"), cache_dir=str(tmp_path / "cache")))
+    with pytest.raises(DatasetError, match="horse"):
+        make_context(cfg)
+    assert main(["run", "--set", f"data.kind=coco", "--set", f"data.root={root}", "--set", "data.train_split=train",
+                 "--set", "data.test_split=val", "--set", "teacher.device=cpu", "--set", "student.device=cpu",
+                 "--set", f"out_dir={tmp_path / 'r'}", "--set", f"cache_dir={tmp_path / 'cache'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "instances_val.json" in err and "horse" in err
+
+
+# --------------------------------------------------------------------- 7. splits that cannot measure anything
+def _ds(name: str, ids: list[str], root: Path, labels=None):
+    from ccdlib.datasets import ClassList, MultiLabelDataset
+    labels = np.eye(2, dtype=np.uint8)[np.arange(len(ids)) % 2] if labels is None else labels
+    return MultiLabelDataset(name=name, image_ids=ids, image_paths=[root / f"{i}.jpg" for i in ids], labels=labels,
+                             classes=ClassList(("a", "b"), ("a", "b")), meta={"root": str(root)})
+
+
+def test_test_split_of_one_image_is_refused(tmp_path):
+    from ccdlib.runs import check_splits
+    with pytest.raises(DatasetError, match=r"test split test .* has 1 image \(x9\).* at least 2 images"):
+        check_splits(_ds("train", ["x1", "x2", "x3"], tmp_path), _ds("test", ["x9"], tmp_path))
+    check_splits(_ds("train", ["x1", "x2", "x3"], tmp_path), _ds("test", ["x8", "x9"], tmp_path))   # 2 is enough
+
+
+def test_test_split_equal_to_the_training_split_is_refused(tmp_path):
+    from ccdlib.runs import check_splits
+    with pytest.raises(DatasetError, match=r"hold the same 3 images \(e\.g\. x3, x1, x2\)"):
+        check_splits(_ds("train", ["x1", "x2", "x3"], tmp_path), _ds("test", ["x3", "x1", "x2"], tmp_path))
+
+
+def test_overlapping_splits_are_warned_naming_the_ids(tmp_path):
+    from ccdlib.runs import check_splits
+    train = _ds("train", [f"x{k}" for k in range(10)], tmp_path)
+    with pytest.warns(UserWarning, match=r"7 of the 8 test images .* also in the training split .*"
+                                         r"\(e\.g\. x3, x4, x5, x6, x7\)"):
+        check_splits(train, _ds("test", [f"x{k}" for k in range(3, 10)] + ["y"], tmp_path))
+    # the same ids in another folder are other images (COCO-format files numbering from 1): nothing to say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_splits(train, _ds("test", ["x1", "x2"], tmp_path / "elsewhere"))
+
+
+def test_one_image_test_split_stops_the_cli_before_the_teacher(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "coco"
+    _coco_split(root, "train", TRAIN_CATS, TRAIN_IMAGES)
+    _coco_split(root, "val", TRAIN_CATS, [("v1.jpg", ["cat"])])
+    monkeypatch.setattr(ccdlib.runs, "get_teacher", _boom)
+    assert main(["run", "--set", "data.kind=coco", "--set", f"data.root={root}", "--set", "data.train_split=train",
+                 "--set", "data.test_split=val", "--set", "teacher.device=cpu", "--set", "student.device=cpu",
+                 "--set", f"out_dir={tmp_path / 'r'}", "--set", f"cache_dir={tmp_path / 'cache'}"]) == 2
+    err = capsys.readouterr().err
+    assert "has 1 image (1)" in err and "instances_val.json" in err
