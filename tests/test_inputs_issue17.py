@@ -240,3 +240,64 @@ def test_one_image_test_split_stops_the_cli_before_the_teacher(tmp_path, monkeyp
                  "--set", f"out_dir={tmp_path / 'r'}", "--set", f"cache_dir={tmp_path / 'cache'}"]) == 2
     err = capsys.readouterr().err
     assert "has 1 image (1)" in err and "instances_val.json" in err
+
+
+# ------------------------------------------------------------------------------- 8. predict's file formats
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A 3-class frozen EfficientNet-Lite0 student checkpoint (64 px)."""
+    from ccdlib.student import StudentConfig, build_student, write_checkpoint
+    d = tmp_path_factory.mktemp("ckpt")
+    cfg = StudentConfig(image_size=64, device="cpu")
+    path = d / "student"
+    write_checkpoint(path, state=build_student(cfg, 3).head.state_dict(), config=cfg, num_classes=3,
+                     feature_dim=1280, epoch=1, alpha=3.0, extra={"class_ids": ["a", "b", "c"]})
+    return path
+
+
+def _formats_folder(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(d / "a.jpg")
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(d / "b.jfif", format="JPEG")
+    frames = [Image.new("P", (40, 30), k) for k in (3, 9)]
+    frames[0].save(d / "c.gif", save_all=True, append_images=frames[1:])         # animated: its first frame
+    (d / "d.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64)       # a HEIC header
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def test_predict_names_what_it_skips_and_reads_jfif_and_gif(checkpoint, tmp_path, capsys):
+    from ccdlib.predict import IMAGE_SUFFIXES, list_images
+    d = _formats_folder(tmp_path / "in")
+    with pytest.warns(UserWarning) as rec:
+        paths = list_images([d])
+    assert [p.name for p in paths] == ["a.jpg", "b.jfif", "c.gif"]
+    msg = str(rec[0].message)
+    assert "skipped 2 file(s)" in msg and f"not a supported image format (supported: {', '.join(IMAGE_SUFFIXES)}): " \
+                                           f"{d / 'd.heic'}" in msg and f"not an image file: {d / 'notes.txt'}" in msg
+    out = tmp_path / "scores.csv"
+    with pytest.warns(UserWarning, match="d.heic"):
+        assert main(["predict", "--checkpoint", str(checkpoint), str(d), "--out", str(out), "--device", "cpu"]) == 0
+    import pandas as pd
+    df = pd.read_csv(out)
+    assert [Path(p).name for p in df["image"]] == ["a.jpg", "b.jfif", "c.gif"]
+    assert np.isfinite(df[["score_a", "score_b", "score_c"]].to_numpy()).all()
+
+
+def test_predict_gif_only_folder_and_unsupported_files(checkpoint, tmp_path, capsys):
+    gifs = tmp_path / "gifs"
+    gifs.mkdir()
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(gifs / "only.gif")
+    assert main(["predict", "--checkpoint", str(checkpoint), str(gifs), "--device", "cpu"]) == 0
+    assert "only.gif" in capsys.readouterr().out
+    heic = _formats_folder(tmp_path / "x") / "d.heic"
+    # a file given by name: the format is named, before the checkpoint is read (the checkpoint here is absent)
+    assert main(["predict", "--checkpoint", str(tmp_path / "absent"), str(heic)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {heic}: .heic is not a supported image format; supported: .jpg" in err and "corrupt" not in err
+    only = tmp_path / "only-heic"
+    only.mkdir()
+    heic.rename(only / "c.heic")
+    assert main(["predict", "--checkpoint", str(checkpoint), str(only)]) == 2
+    err = capsys.readouterr().err
+    assert "no images found" in err and "skipped 1 not a supported image format" in err and "c.heic" in err
