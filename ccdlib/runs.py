@@ -127,6 +127,7 @@ def make_context(cfg: RunConfig, *, data: tuple[MultiLabelDataset, MultiLabelDat
         _resnet_weights_file(cfg.student.trunk, weights)  # CheckpointError saying where to put the file
     elif weights not in (None, "random") and not Path(weights).expanduser().is_file():
         raise ConfigError(f"student.trunk_weights: file not found: {weights}")
+    _check_student_weights(cfg)   # read and fitted to the trunk, before any teacher scoring (issue 17)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     check_writable_dir(cache_dir, "cache folder (cache_dir, or $CCDLIB_CACHE)")   # before any work
     train, test = data if data is not None else load_data(cfg.data, cache_dir=cache_dir, seed=cfg.seed)
@@ -141,6 +142,20 @@ def make_context(cfg: RunConfig, *, data: tuple[MultiLabelDataset, MultiLabelDat
 
 
 # --------------------------------------------------------------------------------------------- input checks
+def _check_student_weights(cfg: RunConfig) -> None:
+    """The student's trunk weights file read and checked against ``student.trunk`` (:func:`~ccdlib.student.
+    check_trunk_weights`): a :class:`~ccdlib.errors.CheckpointError` naming the file, the architecture expected and
+    a few differing keys / shapes, before the data and the teacher (the student is built after the teacher's
+    scoring). An open_clip ``teacher.pretrained`` file is read when the teacher is built, also in
+    :func:`make_context` and before any scoring (a :class:`~ccdlib.errors.TeacherError` naming it)."""
+    from .errors import CheckpointError
+    from .student import check_trunk_weights
+    try:
+        check_trunk_weights(cfg.student)
+    except CheckpointError as e:
+        raise CheckpointError(f"student.trunk_weights: {e}") from None
+
+
 def check_splits(train: MultiLabelDataset, test: MultiLabelDataset) -> None:
     """What a run needs of its splits, checked before any work (issue 11): at least 2 classes (a softmax over one
     class is always 1); a test split without any labelled object is allowed (an annotation-free method trains

