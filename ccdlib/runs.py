@@ -39,7 +39,7 @@ __all__ = [
     "pseudo_label_quality", "select_checkpoints", "RunResult", "run_teacher_global", "run_cdul", "run_ccd",
     "run_supervised", "run", "RUNNERS", "input_fingerprint", "check_inputs_unchanged", "check_writable",
     "check_splits", "TrainingState", "discard_training_state", "TEST_SCORES_FILE", "save_test_scores", "load_test_scores",
-    "run_with_test_scores", "align_split_classes",
+    "run_with_test_scores", "align_split_classes", "acquire_run_lock", "release_run_lock", "RUN_LOCK_FILE",
 ]
 
 
@@ -804,8 +804,118 @@ def load_result(path: str | Path) -> dict:
     return json.loads(p.read_text())
 
 
+#: The lock file a saving run holds in its run folder (``out_dir/<run name>/``) while it runs (issue 17).
+RUN_LOCK_FILE = "run.lock"
+
+
+def _pid_alive(pid: int, started: float | None = None) -> bool:
+    """Whether process ``pid`` of this machine still runs (and, on Linux, was not started after ``started``: a
+    reused pid is another process)."""
+    import os
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's live process
+        pass
+    except OSError:
+        return False
+    if started is not None:
+        try:   # Linux: the process's start time, from /proc (field 22: clock ticks after boot)
+            ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+            boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                        if line.startswith("btime "))
+            if boot + ticks / os.sysconf("SC_CLK_TCK") > started + 2:
+                return False
+        except (OSError, ValueError, IndexError, StopIteration):
+            pass
+    return True
+
+
+def _read_run_lock(lock: Path) -> dict | None:
+    """The holder recorded in a lock file (``pid``, ``host``, ``started``...); ``{}`` when it cannot be read (being
+    written, or damaged), ``None`` when it is gone."""
+    try:
+        holder = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else {}
+
+
+def acquire_run_lock(run_dir: str | Path, *, name: str = "") -> Path:
+    """Take the lock of a run folder: ``run_dir/run.lock`` created atomically (``O_CREAT | O_EXCL``) holding this
+    process's pid, host name and start time. A lock held by a live process is an :class:`~ccdlib.errors.OutputError`
+    naming that process (pid, host, start) and the lock file: the same run started twice into one ``out_dir`` would
+    otherwise resume from the first one's live training state and overwrite its results. A stale lock (its process
+    is gone: a dead pid on this machine, or an unreadable lock older than a minute) is taken over with a warning
+    saying so. A lock from another machine is never taken over (its pid cannot be checked from here)."""
+    import os
+    import socket
+    import warnings
+    from .errors import OutputError
+    run_dir = Path(run_dir)
+    lock = run_dir / RUN_LOCK_FILE
+    host = socket.gethostname()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot write results to {run_dir}: {e.strerror or e}") from None
+    for _ in range(5):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            holder = _read_run_lock(lock)
+            if holder is None:          # released in between: try again
+                continue
+            who = (f"process {holder.get('pid')} on {holder.get('host')}, started {holder.get('started_at')}"
+                   if holder else "a process whose lock cannot be read")
+            if holder:
+                stale = holder.get("host") == host and not _pid_alive(holder["pid"], holder.get("started"))
+            else:
+                try:
+                    stale = time.time() - lock.stat().st_mtime > 60
+                except FileNotFoundError:
+                    continue
+            if not stale:
+                where = "" if not holder or holder.get("host") == host else \
+                    " (another machine: its process cannot be checked from here)"
+                raise OutputError(f"run {name or run_dir.name} is already running into {run_dir}: {who}{where}, "
+                                  f"holds {lock}. Wait for it to finish or give another out_dir; if that process is "
+                                  f"gone, delete {lock}")
+            if _read_run_lock(lock) != holder:   # changed hands meanwhile: look again
+                continue
+            warnings.warn(f"taking over the stale lock {lock} of {who}, which is no longer running", UserWarning,
+                          stacklevel=3)
+            lock.unlink(missing_ok=True)
+            continue
+        except OSError as e:
+            raise OutputError(f"cannot write results to {run_dir}: cannot create {lock}: {e.strerror or e}") from None
+        now = time.time()
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": host, "started": now,
+                       "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)), "run": name}, f)
+        return lock
+    raise OutputError(f"cannot take the lock {lock}: other processes keep taking it")
+
+
+def release_run_lock(lock: str | Path) -> None:
+    """Remove a lock :func:`acquire_run_lock` took, if it is still this process's."""
+    import os
+    lock = Path(lock)
+    holder = _read_run_lock(lock)
+    if holder and holder.get("pid") == os.getpid():
+        lock.unlink(missing_ok=True)
+
+
 def run(cfg: RunConfig, *, ctx: Context | None = None, force: bool = False, save: bool = True) -> dict:
     """Run ``cfg.method`` end to end and write its results under ``out_dir/<run name>/``.
+
+    A saving run holds a lock on its run folder while it runs (:func:`acquire_run_lock`, released at the end
+    whatever happens): the same run started a second time into the same ``out_dir`` stops with an
+    :class:`~ccdlib.errors.OutputError` naming the first one's process; a stale lock is taken over, with a warning.
+    Different runs into one ``out_dir`` have different folders and do not meet.
 
     Before any work: ``out_dir`` must be writable (:func:`check_writable`). A finished run (``result.json``) is
     reused, printing ``reusing results of <run>``, only when its recorded :func:`input_fingerprint` equals the data's
@@ -813,6 +923,25 @@ def run(cfg: RunConfig, *, ctx: Context | None = None, force: bool = False, save
     ``force`` recomputes (and drops any saved training state). Training resumes from the state an interrupted run
     saved (:class:`TrainingState`); the data changing during the run stops it (:func:`check_inputs_unchanged`);
     a failed write is an :class:`~ccdlib.errors.OutputError` ``cannot write results to ...``."""
+    if not save:
+        return _run_unlocked(cfg, ctx=ctx, force=force, save=save)
+    check_writable(cfg.out_dir)
+    run_dir = Path(cfg.out_dir) / cfg.name
+    created = not run_dir.exists()
+    lock = acquire_run_lock(run_dir, name=cfg.name)
+    try:
+        return _run_unlocked(cfg, ctx=ctx, force=force, save=save)
+    finally:
+        release_run_lock(lock)
+        if created:
+            try:
+                run_dir.rmdir()   # a run that stopped before writing anything leaves no empty folder
+            except OSError:
+                pass
+
+
+def _run_unlocked(cfg: RunConfig, *, ctx: Context | None = None, force: bool = False, save: bool = True) -> dict:
+    """:func:`run` without the run folder's lock."""
     from .distributed import rank_and_world
     from .errors import OutputError
     out = Path(cfg.out_dir) / cfg.name

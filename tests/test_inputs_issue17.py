@@ -367,3 +367,127 @@ def test_resnet_weights_of_another_depth_are_named(tmp_path):
     torch.save({k: v for k, v in torchvision.models.resnet101(weights=None).state_dict().items()}, p)
     with pytest.raises(CheckpointError, match=rf"{p} is not a resnet50 state dict \(it fits resnet101\): .*unexpected"):
         check_trunk_weights(StudentConfig(trunk="resnet50", trunk_weights=str(p)))
+
+
+# ------------------------------------------------------------------------- 1. one run folder, one process
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _lock_cfg(tmp_path: Path, **kw):
+    return run_config_from_params(dict(dict(method="supervised", epochs=1, teacher_device="cpu", student_device="cpu",
+                                            out_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "c")), **kw))
+
+
+HOLD = """
+import sys, time
+from ccdlib.runs import acquire_run_lock
+acquire_run_lock(sys.argv[1], name="first")
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_same_run_twice_stops_naming_the_first_process_and_a_stale_lock_is_taken_over(tmp_path, monkeypatch, capsys):
+    from ccdlib.runs import RUN_LOCK_FILE, run
+    cfg = _lock_cfg(tmp_path)
+    run_dir = tmp_path / "results" / cfg.name
+    inside = []
+
+    def fake_run(c, **kw):    # what runs while the lock is held: it is there, and it is this process's
+        inside.append(json.loads((run_dir / RUN_LOCK_FILE).read_text()))
+        return {"name": c.name}
+    monkeypatch.setattr(ccdlib.runs, "_run_unlocked", fake_run)
+    # a first process holds the run folder (a real second process, started as a user would)
+    env = dict(os.environ, PYTHONPATH=str(Path(ccdlib.runs.__file__).parents[1]))
+    first = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert first.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputError) as e:
+            run(cfg)
+        msg = str(e.value)
+        assert f"already running into {run_dir}: process {first.pid} on {socket.gethostname()}, started " in msg
+        assert str(run_dir / RUN_LOCK_FILE) in msg and not inside
+        monkeypatch.setattr(ccdlib.runs, "make_context", _boom)
+        monkeypatch.setattr(ccdlib.runs, "load_data", _boom)
+        assert main(["run", "--set", "method=supervised", "--set", "epochs=1", "--set", "teacher.device=cpu",
+                     "--set", "student.device=cpu", "--set", f"out_dir={tmp_path / 'results'}",
+                     "--set", f"cache_dir={tmp_path / 'c'}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: run ") and f"process {first.pid}" in err
+        assert json.loads((run_dir / RUN_LOCK_FILE).read_text())["pid"] == first.pid   # the first one's lock kept
+    finally:
+        first.kill()            # killed: its lock is left behind, stale
+        first.wait()
+    with pytest.warns(UserWarning, match=rf"taking over the stale lock .*{RUN_LOCK_FILE} of process {first.pid} on "
+                                         rf"{socket.gethostname()}.* no longer running"):
+        assert run(cfg) == {"name": cfg.name}
+    assert inside[0]["pid"] == os.getpid() and inside[0]["host"] == socket.gethostname()
+    assert not (run_dir / RUN_LOCK_FILE).exists()      # released
+
+
+def test_lock_with_a_live_or_dead_pid_and_release_on_error(tmp_path, monkeypatch):
+    from ccdlib.runs import RUN_LOCK_FILE, run
+    cfg = _lock_cfg(tmp_path)
+    run_dir = tmp_path / "results" / cfg.name
+    run_dir.mkdir(parents=True)
+    lock = run_dir / RUN_LOCK_FILE
+    host = socket.gethostname()
+    import time
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": host, "started": time.time(), "started_at": "then"}))
+    monkeypatch.setattr(ccdlib.runs, "_run_unlocked", _boom)
+    with pytest.raises(OutputError, match=rf"process {os.getppid()} on {host}, started then"):
+        run(cfg)
+    assert json.loads(lock.read_text())["pid"] == os.getppid()      # kept
+    lock.write_text(json.dumps({"pid": 4321, "host": "elsewhere", "started": 0, "started_at": "then"}))
+    with pytest.raises(OutputError, match=r"process 4321 on elsewhere, started then \(another machine"):
+        run(cfg)
+    # a dead pid: taken over; an error inside the run still releases the lock
+    lock.write_text(json.dumps({"pid": _dead_pid(), "host": host, "started": 0, "started_at": "then"}))
+
+    def failing(c, **kw):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        raise DatasetError("boom inside the run")
+    monkeypatch.setattr(ccdlib.runs, "_run_unlocked", failing)
+    with pytest.warns(UserWarning, match="taking over the stale lock"), pytest.raises(DatasetError, match="boom"):
+        run(cfg)
+    assert not lock.exists() and run_dir.is_dir()
+    # a live pid whose process started after the lock was written: the pid was reused, the lock is stale
+    if Path("/proc/self/stat").exists():
+        lock.write_text(json.dumps({"pid": os.getppid(), "host": host, "started": 0, "started_at": "1970"}))
+        with pytest.warns(UserWarning, match=rf"stale lock .* process {os.getppid()} .* started 1970"), \
+                pytest.raises(DatasetError, match="boom"):
+            run(cfg)
+        assert not lock.exists()
+    # save=False (a non-saving rank) takes no lock
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": host, "started": time.time()}))
+    monkeypatch.setattr(ccdlib.runs, "_run_unlocked", lambda c, **kw: {"unsaved": True})
+    assert run(cfg, save=False) == {"unsaved": True}
+
+
+def test_two_different_runs_into_one_out_dir_stay_fine(small_mosaic_root, tmp_path):
+    """A real run while another run's folder in the same out_dir is locked by a live process."""
+    import shutil
+    import time
+    from ccdlib.runs import RUN_LOCK_FILE, run
+    data = tmp_path / "data"
+    shutil.copytree(small_mosaic_root, data)
+    kw = dict(data_kind="voc", data_root=str(data), data_classes=str(data / "classes.yaml"),
+              teacher_arch="efficientnet-lite0", teacher_image_size=96, student_image_size=96, student_batch_size=8,
+              student_n_aug_views=1, teacher_batch_size=32)
+    a, b = _lock_cfg(tmp_path, seed=0, **kw), _lock_cfg(tmp_path, seed=1, **kw)
+    assert a.name != b.name and a.out_dir == b.out_dir
+    (tmp_path / "results" / a.name).mkdir(parents=True)
+    (tmp_path / "results" / a.name / RUN_LOCK_FILE).write_text(
+        json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": time.time()}))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = run(b)
+    finally:
+        torch.set_num_threads(n)
+    assert res["name"] == b.name and (tmp_path / "results" / b.name / "result.json").is_file()
+    assert not (tmp_path / "results" / b.name / RUN_LOCK_FILE).exists()
+    assert (tmp_path / "results" / a.name / RUN_LOCK_FILE).exists()     # the other run's lock untouched
