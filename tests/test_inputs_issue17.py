@@ -104,7 +104,7 @@ def test_one_template_string_is_one_template(tmp_path):
         load_config(None, ["teacher.templates=a photo"])
 
 
-@pytest.mark.parametrize("value", [3, {"a": "{}"}, [1, "a {}"]])
+@pytest.mark.parametrize("value", [3, {"a": "{}"}, [1, "a {}"]], ids=["3", "dict", "list-with-int"])
 def test_templates_of_another_type_say_a_list_of_strings_is_expected(value):
     with pytest.raises(ConfigError, match=r"teacher\.templates must be a list of strings"):
         config_from_dict({"teacher": {"templates": value}})
@@ -122,6 +122,10 @@ def test_config_folder_is_named(tmp_path, no_expensive_work, capsys):
     assert main(["run", "--config", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: config ") and "is a folder" in err and "Traceback" not in err
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("tag: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=rf"cannot read config file {latin1}"):
+        load_config(latin1)
 
 
 # ------------------------------------------------------------------------ 2, 3. COCO splits' categories
