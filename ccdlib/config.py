@@ -341,8 +341,8 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         t = hints[k]
         if is_dataclass(t):
             kwargs[k] = _build(t, v or {}, f"{prefix}{k}.")
-        elif k == "templates" and isinstance(v, (list, tuple)):
-            kwargs[k] = tuple(v)
+        elif k == "templates":
+            kwargs[k] = _templates(prefix + k, v)
         else:
             kwargs[k] = _check_type(prefix + k, v, t)
     try:
@@ -371,19 +371,76 @@ def _set_dotted(d: dict, key: str, value: Any) -> None:
     d[parts[-1]] = value
 
 
+def _templates(name: str, value: Any) -> Any:
+    """``teacher.templates`` as a tuple: one string is one template (issue 17: it was read as its characters);
+    a list of strings as given; anything else is refused, saying what is expected."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple)):
+        bad = [t for t in value if not isinstance(t, str)]
+        if bad:
+            raise ConfigError(f"{name} must be a list of strings (prompt templates with a '{{}}'), got non-string "
+                              f"item(s) {bad[:3]}")
+        return tuple(value)
+    raise ConfigError(f"{name} must be a list of strings (prompt templates with a '{{}}', e.g. "
+                      f"['a photo of the {{}}.']) or one such string, got {type(value).__name__} {value!r}")
+
+
+def _override_type(key: str) -> Any:
+    """The type hint of the config field a dotted ``--set`` key names (``None`` when it names no field)."""
+    cls: Any = RunConfig
+    hint: Any = None
+    for part in key.split("."):
+        if not is_dataclass(cls):
+            return None
+        hint = get_type_hints(cls).get(part)
+        if hint is None:
+            return None
+        cls = hint
+    return hint
+
+
+_YAML_NULLS = ("", "~", "null", "Null", "NULL")
+
+
+def _override_value(item: str, key: str, raw: str) -> Any:
+    """The value of one ``--set key=value`` (issue 17). For a string field (``out_dir``, ``data.root``, ``tag``...)
+    the text is kept as typed, so that ``#`` (a YAML comment), ``no`` (a YAML boolean), ``2024-01-01`` (a YAML date)
+    or ``a: b`` (a YAML mapping) survive; a quoted value is unquoted, ``null`` is None where the field allows it.
+    ``teacher.templates``: one template as typed, or a YAML list (``[...]``). Other fields: parsed as YAML, and a
+    value YAML turns into a date, mapping or list where a number or boolean is expected is refused naming it."""
+    import datetime
+    hint = _override_type(key)
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    text = raw.strip()
+    quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+    keep_text = (str in args and not quoted and not (type(None) in args and text in _YAML_NULLS)) or (
+        key == "teacher.templates" and not quoted and not text.startswith("["))
+    if keep_text:
+        return text
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML: {e}") from None
+    scalar = next((a for a in args if a in (bool, int, float)), None)
+    if scalar is not None and isinstance(value, (datetime.date, dict, list)):
+        what = {dict: "a mapping", list: "a list"}.get(type(value), "a date")
+        expected = {bool: "true or false", int: "an integer", float: "a number"}[scalar]
+        raise ConfigError(f"override {item!r}: YAML reads {text!r} as {what} ({value!r}), but {key} must be "
+                          f"{expected}")
+    return value
+
+
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
-    """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested dict (a copy)."""
+    """Apply ``key.sub=value`` strings to a nested dict (a copy). Values are parsed as YAML, except for string
+    fields, which keep the text as typed (see :func:`_override_value`: a path with ``#`` in it survives)."""
     import copy
     out = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. ccd.r=0.5)")
         k, v = item.split("=", 1)
-        try:
-            value = yaml.safe_load(v)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML: {e}") from None
-        _set_dotted(out, k.strip(), value)
+        _set_dotted(out, k.strip(), _override_value(item, k.strip(), v))
     return out
 
 
@@ -394,10 +451,14 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file not found: {p}")
+        if p.is_dir():
+            raise ConfigError(f"config {p} is a folder, expected a YAML file (e.g. notebooks/params/*.yaml)")
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config file {p}: {getattr(e, 'strerror', None) or e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping of keys to values")
         if is_flat(data):  # a notebook parameter file (notebooks/params/*.yaml): keep its RunConfig keys

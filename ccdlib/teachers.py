@@ -94,6 +94,13 @@ class TeacherConfig:
             raise ConfigError(f"teacher.normalization must be 'imagenet' or 'model', got {self.normalization!r}")
         if self.backend not in ("conse", "open_clip"):
             raise ConfigError(f"teacher.backend must be 'conse' or 'open_clip', got {self.backend!r}")
+        if isinstance(self.templates, str):   # one template (issue 17: was read as its characters)
+            object.__setattr__(self, "templates", (self.templates,))
+        elif isinstance(self.templates, list):
+            object.__setattr__(self, "templates", tuple(self.templates))
+        if not isinstance(self.templates, tuple) or not all(isinstance(t, str) for t in self.templates):
+            raise ConfigError(f"teacher.templates must be a list of strings (prompt templates with a '{{}}', e.g. "
+                              f"['a photo of the {{}}.']), got {self.templates!r}")
         if not self.templates:
             raise ConfigError("teacher.templates is empty: give at least one prompt template, e.g. 'a photo of the {}.'")
         bad = [t for t in self.templates if "{}" not in t]
