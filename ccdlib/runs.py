@@ -837,17 +837,17 @@ def run(cfg: RunConfig, *, ctx: Context | None = None, force: bool = False, save
         return _run_unlocked(cfg, ctx=ctx, force=force, save=save)
     check_writable(cfg.out_dir)
     run_dir = Path(cfg.out_dir) / cfg.name
-    created = not run_dir.exists()
+    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]   # the folders this run makes
     lock = acquire_run_lock(run_dir, name=cfg.name)
     try:
         return _run_unlocked(cfg, ctx=ctx, force=force, save=save)
     finally:
         release_run_lock(lock)
-        if created:
+        for d in created:          # a run that stopped before writing anything leaves no empty folder
             try:
-                run_dir.rmdir()   # a run that stopped before writing anything leaves no empty folder
+                d.rmdir()
             except OSError:
-                pass
+                break
 
 
 def _run_unlocked(cfg: RunConfig, *, ctx: Context | None = None, force: bool = False, save: bool = True) -> dict:

@@ -26,7 +26,9 @@ NOTEBOOK_KEYS = {"out_dir", "n_examples", "force", "ablation_switches", "ablatio
 #: Parameter names shared by all notebooks (a notebook that uses one of these settings uses this name).
 SHARED = {"out_dir", "cache_dir", "data_kind", "data_root", "data_n_train", "data_n_test", "teacher_backend",
           "teacher_arch", "teacher_pretrained", "student_trunk", "student_mode", "student_image_size",
-          "student_trunk_weights", "epochs", "seed"}
+          "student_trunk_weights", "seed"}
+#: The training budget: the embedded study in optimiser steps, the papers' configurations in epochs of their data.
+BUDGET = ("steps", "epochs")
 
 
 def test_the_expected_params_files_exist():
@@ -43,7 +45,8 @@ def test_params_file_builds_a_run_config(path):
     assert required <= set(data), f"{path.name} lacks shared keys {sorted(required - set(data))}"
     for method in ("teacher_global", "cdul", "ccd", "supervised"):
         cfg = run_config_from_params(config_params(data), method=method, out_dir="runs")
-        assert isinstance(cfg, RunConfig) and cfg.epochs == data["epochs"]
+        assert isinstance(cfg, RunConfig) and any(k in data for k in BUDGET)
+        assert cfg.epochs == data.get("epochs") and cfg.steps == data.get("steps", RunConfig().steps)
     cfg = run_config_from_params(config_params(data), method="ccd")
     for r in data.get("ablation_r", []):
         run_config_from_params(config_params(data), method="ccd", ccd_r=r)
@@ -55,7 +58,10 @@ def test_default_params_are_the_embedded_study():
     assert data["out_dir"] == "../reports" and data["data_kind"] == "mosaic" and data["teacher_backend"] == "conse"
     cfg = run_config_from_params(config_params(data))
     assert (cfg.data.n_train, cfg.data.n_test, cfg.teacher.arch, cfg.student.image_size, cfg.epochs) == (
-        320, 500, "efficientnet-lite0", 448, 10)
+        320, 500, "efficientnet-lite0", 448, None)
+    # the budget is the released CCD run's in optimiser steps, for every method (issue 15)
+    assert (cfg.steps, cfg.eval_every_steps, cfg.ccd.warmup_steps) == (3140, 314, 628)
+    assert (cfg.cdul.ga_warmup_steps, cfg.cdul.ga_every_steps, cfg.data.few_label_k) == (314, 314, 2)
     assert (cfg.data.stamps, cfg.teacher.conse_hierarchy) == ("shared", True)   # the regime of issue 12
 
 

@@ -424,7 +424,7 @@ BAD = {   # every flat parameter -> a value it must refuse (out of range where t
     # issue 15: budgets in optimiser steps, the tau walk at the paper's scale, the few-label split, scoring
     "steps": 0, "eval_every_steps": 0, "scoring": "logit", "ccd_warmup_steps": -1, "ccd_tau_checks": 0,
     "ccd_tau_input": "loader", "cdul_ga_warmup_steps": -1, "cdul_ga_every_steps": 0, "data_few_label_k": -1,
-    "data_few_label_seed": -1,
+    "data_few_label_seed": -1, "student_aug_pool_seed": -1,
 }
 
 
