@@ -485,7 +485,8 @@ _SECTIONS = ("data", "teacher", "student", "ccd", "cdul")
 NOTEBOOK_PARAMETERS = frozenset({
     "out_dir", "force", "n_examples", "grids", "view_split", "around_fraction", "example_index", "local_grid",
     "example_indices", "max_cams", "ablation_switches", "ablation_r", "ablation_offset", "ablation_bound",
-    "ablation_box_rule", "seeds", "stamp_protocols", "n_bootstrap"})
+    "ablation_box_rule", "seeds", "stamp_protocols", "n_bootstrap", "budget_factors", "warmup_steps_grid",
+    "ga_every_grid", "mechanism_seeds"})
 
 
 def flat_to_nested(params: dict[str, Any]) -> dict:

@@ -20,6 +20,7 @@ from .selection import RULE_KEYS, RULES
 from .tables import CLAIMS, SeedRun, _method_key, claims_table, method_label
 
 __all__ = ["LABEL_FREE_RULES", "claims_by_rule", "claim_verdicts", "claims_by_rule_paragraph", "convergence_table",
+           "warmup_mechanism_row", "alignment_mechanism_row",
            "scoring_table", "budget_claims"]
 
 #: The rules that read no label at selection time; a claim holds only if it holds under each of them.
@@ -168,3 +169,36 @@ def budget_claims(runs_by_budget: Mapping[str, Iterable[SeedRun]], labels: Mappi
         t.insert(0, "budget", name)
         parts.append(t)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _final(result: Mapping[str, Any], rule: str) -> float:
+    sel = result["selected"].get(rule)
+    return float("nan") if sel is None or sel["metrics"].get("mAP") is None else float(sel["metrics"]["mAP"])
+
+
+def warmup_mechanism_row(result: Mapping[str, Any], *, warmup_steps: int, seed: int) -> dict[str, Any]:
+    """One row of the warm-up mechanism table from a finished CCD run: ``warmup_steps`` asked,
+    ``steps_before_update`` run, the warm-up student's test mAP, the CAM-crop (local) pseudo-labels' mAP on the
+    training split, the crop diagnostics (``crops_on_own_object``, ``class_precision``), tau, its checks, classes
+    and crops per image, and the final test mAP at the ``last`` and ``few_label`` checkpoints."""
+    info = result.get("info") or {}
+    crops = info.get("crop_summary") or {}
+    return {"seed": seed, "warmup_steps": warmup_steps, "steps_before_update": info.get("steps_before_update"),
+            "warmup_test_mAP": info.get("warmup_test_mAP"),
+            "local_pseudo_mAP": (result.get("pseudo_label_quality") or {}).get("ccd_local", {}).get("mAP"),
+            "updated_pseudo_mAP": (result.get("pseudo_label_quality") or {}).get("ccd_updated", {}).get("mAP"),
+            "crops_on_own_object": crops.get("on_own_object"), "class_precision": crops.get("class_precision"),
+            "tau": info.get("tau"), "tau_checks": info.get("tau_checks"),
+            "classes_per_image": info.get("classes_per_image"), "crops_per_image": info.get("crops_per_image"),
+            "final_mAP_last": _final(result, "last"), "final_mAP_few_label": _final(result, "few_label")}
+
+
+def alignment_mechanism_row(result: Mapping[str, Any], *, ga_every_steps: int | None, seed: int) -> dict[str, Any]:
+    """One row of the CDUL alignment table from a finished CDUL run: the cadence (``None``: alignment off), the
+    alignments made, the final pseudo-labels' mAP on the training split, the final test mAP (last, few-label)."""
+    info = result.get("info") or {}
+    q = result.get("pseudo_label_quality") or {}
+    labels = q.get("cdul_final", q.get("cdul_initial", {}))
+    return {"seed": seed, "ga_every_steps": ga_every_steps if ga_every_steps is not None else "off",
+            "alignments": int(info.get("alignments") or 0), "labels_mAP": labels.get("mAP"),
+            "final_mAP_last": _final(result, "last"), "final_mAP_few_label": _final(result, "few_label")}

@@ -2,6 +2,9 @@
 
 Notebooks call :func:`save_figure` (PNG + PDF) and :func:`save_table` (CSV + Markdown); each write also records
 a provenance entry (git commit, notebook, parameters, package versions, time) in ``reports/provenance.json``.
+Every table and figure says what made it (:data:`PROVENANCE_KEYS`: stamp protocol, training seeds, schedule,
+checkpoint rule, teacher, test images): its caption ends with a "Made by: ..." sentence and its provenance entry
+holds the same values under ``made_by``; a save that cannot say all six raises before writing anything.
 ``python -m ccdlib.report --reports reports`` renders executed notebooks to HTML and writes
 ``reports/README.md`` and ``reports/index.html`` linking every figure and table with its provenance.
 """
@@ -21,13 +24,72 @@ from typing import Any
 from .cache import atomic_write_bytes, atomic_write_text
 
 __all__ = ["Reporter", "save_figure", "save_table", "provenance", "build_index", "package_versions", "lock_sha256",
-           "CLAIMS_FILE"]
+           "CLAIMS_FILE", "PROVENANCE_KEYS", "made_by_from_params", "made_by_sentence"]
 
 LOCK_FILE = Path(__file__).resolve().parents[1] / "requirements.lock"   # what `make setup` installs
 
 #: The claims paragraph notebook 04 writes (``tables.claims_paragraph``); ``reports/README.md`` opens with it.
 CLAIMS_FILE = "tables/claims.md"
 _SEE_01_02 = "View dependency and class bias are measured by notebooks 01 and 02."   # replaced by their numbers
+
+#: What every saved table and figure must say made it (issue 17 §2). A key that does not apply is given as text
+#: saying so (``rule="none (no training)"``), never left out.
+PROVENANCE_KEYS = ("protocol", "seeds", "schedule", "rule", "teacher", "test_images")
+#: How each key reads in the caption's "Made by: ..." sentence.
+_MADE_BY_LABELS = {"protocol": "protocol", "seeds": "seeds", "schedule": "schedule", "rule": "checkpoint rule",
+                   "teacher": "teacher", "test_images": "test images"}
+_MOSAIC = "mosaic"
+_DEFAULT_STAMPS = "disjoint"   # ccdlib.config.DataConfig.stamps
+
+
+def made_by_from_params(params: dict | None) -> dict:
+    """The :data:`PROVENANCE_KEYS` that a notebook's flat parameters determine; ``None`` where they do not.
+
+    ``protocol``: the mosaic's stamp protocols joined by ``+`` (``stamp_protocols``, notebook 04) or its
+    ``data_stamps`` (default ``disjoint``), or the ``data_kind`` of a real data set (``voc2007``). ``seeds``: the
+    training seeds (``seeds``, else ``seed``). ``schedule``: ``steps``/``eval_every_steps``/``ccd_warmup_steps``,
+    or ``epochs`` when set. ``teacher``: backend and arch (``(hierarchy)``: hierarchy-aware ConSE).
+    ``test_images``: ``data_n_test`` for the mosaic (a notebook overwrites it with ``len(ctx.test)``); real data
+    sets: ``None`` until the notebook sets it. ``rule`` is never derived: each notebook says which it reads.
+    """
+    p = dict(params or {})
+    kind = p.get("data_kind")
+    mosaic = kind == _MOSAIC
+    if mosaic and p.get("stamp_protocols"):
+        protocol = "+".join(str(v) for v in p["stamp_protocols"])
+    elif mosaic:
+        protocol = p.get("data_stamps") or _DEFAULT_STAMPS
+    else:
+        protocol = kind
+    if p.get("seeds") is not None:
+        seeds = ",".join(str(v) for v in p["seeds"]) if isinstance(p["seeds"], (list, tuple)) else str(p["seeds"])
+    else:
+        seeds = str(p["seed"]) if p.get("seed") is not None else None
+    if p.get("epochs") is not None:
+        schedule = f"{p['epochs']} epochs"
+    elif p.get("steps") is not None:
+        schedule = (f"{p['steps']} steps, checkpoint every {p.get('eval_every_steps')}, "
+                    f"CCD warm-up {p.get('ccd_warmup_steps')}")
+    else:
+        schedule = None
+    backend, arch = p.get("teacher_backend"), p.get("teacher_arch")
+    if backend and arch:
+        teacher = f"{backend} {arch}" + (" (hierarchy)" if p.get("teacher_conse_hierarchy") and backend == "conse"
+                                         else "")
+    else:
+        teacher = None
+    test_images = str(p["data_n_test"]) if mosaic and p.get("data_n_test") is not None else None
+    return {"protocol": protocol, "seeds": seeds, "schedule": schedule, "rule": None, "teacher": teacher,
+            "test_images": test_images}
+
+
+def _missing(made_by: dict) -> list[str]:
+    return [k for k in PROVENANCE_KEYS if made_by.get(k) is None or str(made_by.get(k)).strip() == ""]
+
+
+def made_by_sentence(made_by: dict) -> str:
+    """``Made by: protocol shared; seeds 0,1,2; schedule ...; checkpoint rule last; teacher ...; test images 500.``"""
+    return "Made by: " + "; ".join(f"{_MADE_BY_LABELS[k]} {made_by[k]}" for k in PROVENANCE_KEYS) + "."
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -75,16 +137,36 @@ def provenance(**extra: Any) -> dict:
 class Reporter:
     """Writes a notebook's figures and tables under ``out_dir`` and records their provenance.
 
-    ``Reporter(out_dir, notebook="01_view_dependency", params={...})``; then ``save_figure(fig, "name")``,
-    ``save_table(df, "name")``. Files: ``figures/<name>.{png,pdf}``, ``tables/<name>.{csv,md}``.
+    ``Reporter(out_dir, notebook="01_view_dependency", params={...}, made_by={"rule": ...})``; then
+    ``save_figure(fig, "name", caption=...)``, ``save_table(df, "name", caption=...)``. Files:
+    ``figures/<name>.{png,pdf}``, ``tables/<name>.{csv,md}``.
+
+    ``self.made_by`` (:data:`PROVENANCE_KEYS`) starts from :func:`made_by_from_params` and the constructor's
+    ``made_by``; notebooks update it (``reporter.made_by["test_images"] = len(ctx.test)``) and a save's own
+    ``made_by`` overrides it for that table or figure. Every save needs all six keys non-empty.
     """
 
-    def __init__(self, out_dir: str | Path, *, notebook: str, params: dict | None = None, caption: str = ""):
+    def __init__(self, out_dir: str | Path, *, notebook: str, params: dict | None = None, caption: str = "",
+                 made_by: dict | None = None):
         self.out_dir = Path(out_dir)
         self.notebook = notebook
         self.params = dict(params or {})
         self.caption = caption
+        self.made_by = made_by_from_params(self.params)
+        self.made_by.update(made_by or {})
         self._started = _dt.datetime.now()
+
+    def _made_by(self, kind: str, name: str, caption: str, made_by: dict | None) -> tuple[str, dict]:
+        """The caption with its "Made by" sentence and the values; ``ValueError`` (nothing written) if any is
+        missing."""
+        m = {**self.made_by, **(made_by or {})}
+        missing = _missing(m)
+        if missing:
+            raise ValueError(f"{kind} {name!r}: its caption must say what made it; missing {missing} "
+                             "(pass made_by=... or set reporter.made_by)")
+        m = {k: (v if isinstance(v, (str, int, float)) else str(v)) for k, v in m.items()}
+        caption = caption.rstrip()
+        return (caption + " " if caption else "") + made_by_sentence(m), m
 
     def _record(self, kind: str, name: str, files: list[str], caption: str, extra: dict | None = None) -> None:
         path = self.out_dir / "provenance.json"
@@ -93,8 +175,10 @@ class Reporter:
                                             caption=caption, params=self.params, **(extra or {}))
         atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=str))
 
-    def save_figure(self, fig, name: str, *, caption: str = "", dpi: int = 120, **extra) -> list[Path]:
+    def save_figure(self, fig, name: str, *, caption: str = "", made_by: dict | None = None, dpi: int = 120,
+                    **extra) -> list[Path]:
         import io
+        caption, m = self._made_by("figure", name, caption, made_by)
         d = self.out_dir / "figures"
         d.mkdir(parents=True, exist_ok=True)
         files = []
@@ -103,17 +187,20 @@ class Reporter:
             fig.savefig(buf, format=ext, dpi=dpi, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None)
             atomic_write_bytes(d / f"{name}.{ext}", buf.getvalue())
             files.append(d / f"{name}.{ext}")
-        self._record("figure", name, [str(f.relative_to(self.out_dir)) for f in files], caption, extra)
+        self._record("figure", name, [str(f.relative_to(self.out_dir)) for f in files], caption,
+                     {**extra, "made_by": m})
         return files
 
-    def save_table(self, df, name: str, *, caption: str = "", floatfmt: str = ".1f", index: bool = False,
-                   **extra) -> list[Path]:
+    def save_table(self, df, name: str, *, caption: str = "", made_by: dict | None = None, floatfmt: str = ".1f",
+                   index: bool = False, **extra) -> list[Path]:
+        caption, m = self._made_by("table", name, caption, made_by)
         d = self.out_dir / "tables"
         d.mkdir(parents=True, exist_ok=True)
         atomic_write_text(d / f"{name}.csv", df.to_csv(index=index))
         atomic_write_text(d / f"{name}.md", to_markdown(df, floatfmt=floatfmt, index=index))
         files = [d / f"{name}.csv", d / f"{name}.md"]
-        self._record("table", name, [str(f.relative_to(self.out_dir)) for f in files], caption, extra)
+        self._record("table", name, [str(f.relative_to(self.out_dir)) for f in files], caption,
+                     {**extra, "made_by": m})
         return files
 
     def save_claims(self, text: str) -> Path:
@@ -139,12 +226,16 @@ def to_markdown(df, *, floatfmt: str = ".1f", index: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_figure(fig, name: str, *, out_dir: str | Path, notebook: str = "", **kw) -> list[Path]:
-    return Reporter(out_dir, notebook=notebook).save_figure(fig, name, **kw)
+def save_figure(fig, name: str, *, out_dir: str | Path, notebook: str = "", params: dict | None = None,
+                made_by: dict | None = None, **kw) -> list[Path]:
+    """One figure without a notebook's :class:`Reporter`; ``made_by`` as for :meth:`Reporter.save_figure`."""
+    return Reporter(out_dir, notebook=notebook, params=params, made_by=made_by).save_figure(fig, name, **kw)
 
 
-def save_table(df, name: str, *, out_dir: str | Path, notebook: str = "", **kw) -> list[Path]:
-    return Reporter(out_dir, notebook=notebook).save_table(df, name, **kw)
+def save_table(df, name: str, *, out_dir: str | Path, notebook: str = "", params: dict | None = None,
+               made_by: dict | None = None, **kw) -> list[Path]:
+    """One table without a notebook's :class:`Reporter`; ``made_by`` as for :meth:`Reporter.save_table`."""
+    return Reporter(out_dir, notebook=notebook, params=params, made_by=made_by).save_table(df, name, **kw)
 
 
 # --------------------------------------------------------------------------------------------- index
@@ -219,6 +310,9 @@ def build_index(reports: str | Path = "reports", *, params: str | Path | None = 
             prov_line = (f"commit {e.get('commit')}, {e.get('written')}, params: "
                          + ", ".join(f"{k}={v}" for k, v in sorted(e.get("params", {}).items())))
             cap = e.get("caption", "")
+            made_by = e.get("made_by")
+            if isinstance(made_by, dict) and "Made by:" not in cap and not _missing(made_by):
+                cap = (cap.rstrip() + " " + made_by_sentence(made_by)).strip()   # what made it, under each entry
             if e["kind"] == "figure":
                 png = next((f for f in e["files"] if f.endswith(".png")), None)
                 pdf = next((f for f in e["files"] if f.endswith(".pdf")), None)

@@ -555,7 +555,7 @@ def test_setup_installs_from_the_lock_and_reports_record_its_hash(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig = plt.figure()
-    Reporter(tmp_path, notebook="00_test").save_figure(fig, "f")
+    Reporter(tmp_path, notebook="00_test", made_by=dict(protocol="shared", seeds="0", schedule="24 steps", rule="last", teacher="conse", test_images="8")).save_figure(fig, "f")
     plt.close(fig)
     assert json.loads((tmp_path / "provenance.json").read_text())["figure/f"]["lock_sha256"] == want
     build_index(tmp_path, render_html=False)

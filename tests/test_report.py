@@ -48,13 +48,15 @@ def test_git_commit_outside_a_repository(tmp_path):
 
 
 def test_reporter_writes_files_provenance_and_index(tmp_path):
-    rep = Reporter(tmp_path, notebook="01_demo", params={"seed": 3})
+    made_by = {"protocol": "shared", "seeds": "0", "schedule": "none (no training)", "rule": "none (no training)",
+               "teacher": "conse efficientnet-lite0", "test_images": 24}
+    rep = Reporter(tmp_path, notebook="01_demo", params={"seed": 3}, made_by=made_by)
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
     figs = rep.save_figure(fig, "curve", caption="a line")
     plt.close(fig)
     df = pd.DataFrame({"method": ["a", "b"], "mAP": [12.345, 67.0]})
-    tabs = Reporter(tmp_path, notebook="02_demo").save_table(df, "scores", caption="two rows")
+    tabs = Reporter(tmp_path, notebook="02_demo").save_table(df, "scores", caption="two rows", made_by=made_by)
     assert [p.name for p in figs] == ["curve.png", "curve.pdf"] and all(p.stat().st_size > 0 for p in figs)
     assert figs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figs[1].read_bytes()[:4] == b"%PDF"
     pd.testing.assert_frame_equal(pd.read_csv(tabs[0]), df)
@@ -63,11 +65,15 @@ def test_reporter_writes_files_provenance_and_index(tmp_path):
     assert set(prov) == {"figure/curve", "table/scores"}
     assert prov["figure/curve"]["params"] == {"seed": 3} and prov["figure/curve"]["notebook"] == "01_demo"
     assert "torch" in prov["table/scores"]["packages"]
+    assert prov["figure/curve"]["caption"].startswith("a line Made by: protocol shared; seeds 0;")
+    assert prov["table/scores"]["made_by"]["test_images"] == 24
 
     build_index(tmp_path, params="p.yaml", seconds=90, render_html=False)
     md = (tmp_path / "README.md").read_text()
     page = (tmp_path / "index.html").read_text()
     assert "![curve](figures/curve.png)" in md and "[CSV](tables/scores.csv)" in md and "1.5 min" in md
     assert md.index("## 01_demo") < md.index("## 02_demo")
+    assert "two rows Made by: protocol shared; seeds 0; schedule none (no training)" in md
+    assert "checkpoint rule none (no training); teacher conse efficientnet-lite0; test images 24." in page
     assert re.search(r"<img src='figures/curve.png'", page) and "tables/scores.csv" in page
     assert json.loads((tmp_path / "timing.json").read_text())["reproduce_seconds"] == 90
