@@ -122,6 +122,10 @@ def convergence_table(runs: Iterable[SeedRun], *, tol: float = 1.0) -> pd.DataFr
                 ob = int(np.nanargmax(om))
                 note += (f"; under {other} scoring best {om[ob]:.1f} at step {steps[ob]}, last {om[-1]:.1f} "
                          f"(last - best {om[-1] - om[ob]:+.1f})")
+            tm = [h.get("train_mAP_eval") for h in hist]
+            if tm[b] is not None and tm[-1] is not None:
+                note += (f"; train mAP against its own pseudo-labels {tm[b]:.1f} at the best, {tm[-1]:.1f} at the "
+                         f"last (fitting the labels, not the test objects)" if tm[-1] >= tm[b] else "")
         rows.append({"protocol": r.protocol, "row": _row_label(res), "seed": r.seed,
                      "steps": (res.get("info") or {}).get("schedule", {}).get("steps", steps[-1]),
                      "checkpoints": len(hist), "scoring": scoring, "best_mAP": best, "best_step": steps[b],
