@@ -517,7 +517,7 @@ def flat_config_keys() -> frozenset[str]:
 
 def is_flat(data: dict) -> bool:
     """True for a papermill-style flat parameter file (``teacher_arch: ...``) rather than a nested config."""
-    return not any(isinstance(v, dict) for v in data.values()) and any(
+    return not any(k in _SECTIONS and isinstance(v, dict) for k, v in data.items()) and any(
         k.startswith(tuple(s + "_" for s in _SECTIONS)) for k in data)
 
 
