@@ -615,7 +615,6 @@ def run_ccd(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
                     updated_labels_equal_1=int((upd.labels == 1).sum()))
         if ctx.train.boxes is not None and upd.crops:
             from .analysis import crop_summary
-            info["crops"] = len(upd.crops)
             info["crop_summary"] = crop_summary(upd.crops, upd.crop_owner, ctx.train.boxes)
     # 5. the remaining passes, with the consistency loss
     _train_passes(log, timer, y, range(warmup, schedule.passes), consistency=c.consistency and c.local_views)

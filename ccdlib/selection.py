@@ -19,7 +19,7 @@ reference scores it: :func:`reference_scoring`).
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -100,13 +100,3 @@ def resolve_scoring(scoring: str, method: str, student_loss: str | None) -> str:
     """``reference`` -> the method's own (:func:`reference_scoring`); ``sigmoid``/``softmax`` as given."""
     return reference_scoring(method, student_loss) if scoring == "reference" else scoring
 
-
-def rule_label(rule: str) -> str:
-    """A rule's report name from its stored key (``gt_best`` -> ``oracle``)."""
-    inv = {v: k for k, v in RULE_KEYS.items()}
-    return inv.get(rule, rule)
-
-
-def labelled_rules(selected: Mapping[str, dict]) -> dict[str, dict]:
-    """A run's ``selected`` keyed by report names (``oracle``, ``last``, ``gt_free``, ``few_label``)."""
-    return {rule_label(k): v for k, v in selected.items()}

@@ -144,11 +144,6 @@ class TrainingLog:
         if self.resume.state is not None:
             self.pass_rows = list(self.resume.state.get("pass_rows") or [])[:self.resume.done]
 
-    @property
-    def test_scores(self) -> list[np.ndarray]:
-        """The test probabilities of every checkpoint under the run's scoring rule."""
-        return [scores_from_logits(z, self.scoring) for z in self.test_logits]
-
     def _print(self, row: dict, note: str = "") -> None:
         from .distributed import rank_and_world
         if rank_and_world()[0] == 0:
