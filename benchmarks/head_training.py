@@ -7,13 +7,14 @@ the scores and losses it returns), without and with the consistency loss (2 pool
 
   (a) main     the trainer before issue 16: ``git show <ref>:ccdlib/trainer.py`` loaded as a module (per-image
                ``np.stack`` of float16 features, the head as a conv2d, ``.item()`` per step);
-  (b) ccdlib   :class:`ccdlib.trainer.StudentTrainer` (float32 channels-last stacks, one gather + two GEMMs per
-               view and step);
+  (b) ccdlib   :class:`ccdlib.trainer.StudentTrainer` (channels-last stacks, one gather + two GEMMs per view and
+               step), with ``head_dtype`` float32 (the library default) and bfloat16 (``make reproduce``);
   (c) bound    the same multiply-adds as whole-split GEMMs on the in-memory float32 ``(N*h*w, F)`` tensor: the
-               forward ``X W^T`` and the weight gradient ``G^T X``, 2 GEMMs per pass, 4 with consistency.
+               forward ``X W^T`` and the weight gradient ``G^T X``, 2 GEMMs per pass, 4 with consistency; and the
+               same GEMMs in bfloat16 (not the issue's bound: shown to say how far bfloat16 can go).
 
 Printed per setting: image-passes/s (training images per second of one pass; for (c) N / the GEMMs' time) and
-the ratio to (c) (goal for (b): >= 0.5). Each is timed ``--repeat`` times after a warm-up pass, a/b/c interleaved;
+the ratio to the float32 (c) (goal for (b): >= 0.5). Each is timed ``--repeat`` times after a warm-up pass, a/b/c interleaved;
 the median is kept. ``--levers`` also times one training step's head computation alone in several layouts.
 
     python benchmarks/head_training.py                     # ~2 min on 2 cores
@@ -57,9 +58,9 @@ def load_baseline(ref: str):
     return mod
 
 
-def make_trainer(cls, feats: dict[str, np.ndarray], args) -> StudentTrainer:
+def make_trainer(cls, feats: dict[str, np.ndarray], args, **extra) -> StudentTrainer:
     cfg = StudentConfig(trunk_weights="random", image_size=args.image_size, batch_size=args.batch, device="cpu",
-                        n_aug_views=2, seed=0)
+                        n_aug_views=2, seed=0, **extra)
     tr = cls(cfg, [f"img{i}.jpg" for i in range(args.n)], args.classes, progress=False)
     tr._features = dict(feats)      # both read (a) / stack (b) these instead of extracting
     return tr
@@ -145,13 +146,15 @@ def main() -> None:
     shape = (args.n, args.feature_dim, args.side, args.side)
     feats = {v: rng.standard_normal(shape, dtype=np.float32).astype(np.float16) for v in ("base", "flip", "aug0", "aug1")}
     targets = rng.random((args.n, args.classes)).astype(np.float32)
-    impls = {"(a) main": make_trainer(baseline.StudentTrainer, feats, args),
-             "(b) ccdlib": make_trainer(StudentTrainer, feats, args)}
+    impls = {f"(a) {args.baseline_ref}": make_trainer(baseline.StudentTrainer, feats, args),
+             "(b) ccdlib float32": make_trainer(StudentTrainer, feats, args),
+             "(b) ccdlib bfloat16": make_trainer(StudentTrainer, feats, args, head_dtype="bfloat16")}
     p = args.side * args.side
     x = torch.from_numpy(feats["base"]).float().flatten(2).transpose(1, 2).reshape(args.n * p, -1).contiguous()
     x_aug = torch.from_numpy(feats["aug0"]).float().flatten(2).transpose(1, 2).reshape(args.n * p, -1).contiguous()
     w = torch.randn(args.classes, args.feature_dim)
     g = torch.randn(args.n * p, args.classes)
+    bf = [t.bfloat16() for t in (x, x_aug, w, g)]
 
     print(f"# frozen head training, one pass = {args.n} images, F={args.feature_dim}, {args.side}x{args.side}, "
           f"C={args.classes}, batch {args.batch}; median of {args.repeat}, a/b/c interleaved")
@@ -160,14 +163,16 @@ def main() -> None:
     print("| consistency | impl | img-passes/s | s / pass | ratio to bound |")
     print("|---|---|---|---|---|")
     for consistency in (False, True):
-        times = {k: [] for k in (*impls, "(c) bound")}
+        times = {k: [] for k in (*impls, "(c) bound", "(c) bound in bfloat16")}
         for tr in impls.values():               # warm-up (builds ccdlib's stacks)
             time_pass(tr, targets, consistency)
         bound_pass(x, x_aug, w, g, consistency)
+        bound_pass(*bf, consistency)
         for _ in range(args.repeat):
             for k, tr in impls.items():
                 times[k].append(time_pass(tr, targets, consistency))
             times["(c) bound"].append(bound_pass(x, x_aug, w, g, consistency))
+            times["(c) bound in bfloat16"].append(bound_pass(*bf, consistency))
         med = {k: statistics.median(v) for k, v in times.items()}
         for k, s in med.items():
             print(f"| {'on' if consistency else 'off'} | {k} | {args.n / s:.0f} | {s:.3f} | "

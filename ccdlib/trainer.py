@@ -18,8 +18,9 @@ from . import features as _features
 from .distributed import rank_and_world
 from .errors import ConfigError, DatasetError
 from .scoring import load_rgb
-from .student import (StudentConfig, _TAG_FINETUNE_SAMPLE, _TAG_SHUFFLE, _TAG_TORCH_GLOBAL, _augmented_view,
-                      _derive_seed, _generator, build_student, cam_to_logits, preprocess_image, write_checkpoint)
+from .student import (HEAD_DTYPES, StudentConfig, _TAG_FINETUNE_SAMPLE, _TAG_SHUFFLE, _TAG_TORCH_GLOBAL,
+                      _augmented_view, _derive_seed, _generator, build_student, cam_to_logits, preprocess_image,
+                      write_checkpoint)
 from .teachers import resolve_device
 
 __all__ = ["StudentTrainer"]
@@ -166,9 +167,14 @@ def _head_cam(head: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """The 1x1 conv head on channels-last features: ``(B, P, F)`` -> ``(B, P, C)`` CAMs (``P = h * w``).
 
     One GEMM ``(B*P, F) x (F, C)``; autograd's weight gradient is one GEMM ``(C, B*P) x (B*P, F)`` on the same
-    contiguous rows. The same numbers as ``head(x as (B, F, h, w))`` up to float rounding."""
-    w = head.weight
-    return F.linear(x, w.view(w.shape[0], w.shape[1]), head.bias)
+    contiguous rows. The same numbers as ``head(x as (B, F, h, w))`` up to float rounding.
+
+    ``x`` in bfloat16 (``StudentConfig.head_dtype``): both GEMMs in bfloat16 (float32 accumulation) on a bfloat16
+    copy of the float32 weights, the CAMs returned in float32 (autograd casts the weight gradient back)."""
+    w = head.weight.view(head.weight.shape[0], head.weight.shape[1])
+    if x.dtype == torch.bfloat16:
+        return F.linear(x, w.to(x.dtype), head.bias.to(x.dtype)).float()
+    return F.linear(x, w, head.bias)
 
 
 def _cam_logits_cl(cam: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
@@ -262,7 +268,8 @@ class StudentTrainer:
         return {v: self._features[v] for v in names}
 
     def _stacked(self, names: Sequence[str]) -> torch.Tensor:
-        """Frozen mode: the training images' views ``names`` as one float32 channels-last tensor on the device,
+        """Frozen mode: the training images' views ``names`` as one channels-last tensor on the device (float32, or
+        bfloat16 when ``config.head_dtype`` says so),
         ``(len(names) * N, h*w, F)``, view ``names[j]`` of image ``i`` at row ``j * N + i``. Built once per trainer
         (views already held in another stack are copied from it, the rest extracted / read from the disk cache)."""
         names = tuple(names)
@@ -278,7 +285,7 @@ class StudentTrainer:
         else:
             p, f = some.shape[1:]
         with torch.inference_mode(False), torch.no_grad():   # plain tensors, even when first built in evaluation
-            out = torch.empty((len(names) * n, p, f), dtype=torch.float32, device=self.device)
+            out = torch.empty((len(names) * n, p, f), dtype=HEAD_DTYPES[self.config.head_dtype], device=self.device)
             for j, v in enumerate(names):
                 dst = out[j * n:(j + 1) * n]
                 if v in self._view_t:
@@ -292,7 +299,7 @@ class StudentTrainer:
         return out
 
     def _train_view(self, name: str) -> torch.Tensor:
-        """One training view ``(N, h*w, F)`` float32 (a slice of its stack)."""
+        """One training view ``(N, h*w, F)`` in the stack's dtype (a slice of its stack)."""
         if name not in self._view_t:
             self._stacked([name])
         return self._view_t[name]
@@ -432,7 +439,7 @@ class StudentTrainer:
         # index_select on the 3-D stack measured several times slower); a buffer is rewritten only after the
         # previous step's graph, which saved it for the weight gradient, is gone
         bf2 = bf.view(bf.shape[0], p * f)
-        buf = torch.empty((cfg.batch_size, p * f), dtype=torch.float32, device=dev)
+        buf = torch.empty((cfg.batch_size, p * f), dtype=bf.dtype, device=dev)
         aug2 = None if aug is None else aug.view(aug.shape[0], p * f)
         buf_aug = None if aug is None else torch.empty_like(buf)
         head.train()

@@ -152,3 +152,58 @@ def test_evaluation_and_view_logits_on_the_stacks():
     assert tr.view_logits([], []).shape == (0, C)
     with pytest.raises(IndexError):
         tr.view_logits([N], [False])
+
+
+def test_bfloat16_head_cam_and_its_weight_gradient_against_float64():
+    """``head_dtype="bfloat16"``: the GEMMs take bfloat16 operands and return float32 CAMs; the float32 weight gets a
+    float32 gradient. Reference: float64 arithmetic on the bfloat16-rounded operands (bfloat16 outputs: ~3 digits)."""
+    from ccdlib.trainer import _head_cam
+    torch.manual_seed(0)
+    head = torch.nn.Conv2d(FEAT, C, 1)
+    x = torch.randn(2, HW * HW, FEAT).bfloat16()
+    cam = _head_cam(head, x)
+    assert cam.dtype == torch.float32 and cam.shape == (2, HW * HW, C)
+    w64 = head.weight.detach().bfloat16().double().view(C, FEAT)
+    want = x.double() @ w64.T + head.bias.detach().bfloat16().double()
+    np.testing.assert_allclose(cam.detach().numpy(), want.numpy(), rtol=2e-2, atol=2e-2 * want.abs().max().item())
+    g = torch.randn_like(cam)
+    (cam * g).sum().backward()
+    assert head.weight.grad.dtype == torch.float32
+    want_grad = (g.bfloat16().double().reshape(-1, C).T @ x.double().reshape(-1, FEAT)).view(C, FEAT, 1, 1)
+    np.testing.assert_allclose(head.weight.grad.numpy(), want_grad.numpy(), rtol=2e-2,
+                               atol=2e-2 * want_grad.abs().max().item())
+
+
+def test_bfloat16_training_follows_float32_training():
+    """Mixed precision changes the rounding, not the method: 3 epochs (consistency on in the last two) from the same
+    initialisation end at float32's weights up to bfloat16 rounding, and the stacks are held in bfloat16."""
+    feats = _features(2)
+    rng = np.random.default_rng(5)
+    targets = rng.random((N, C)).astype(np.float32)
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        tr = _trainer(feats, head_dtype=dtype)
+        w0 = tr.state_dict()["weight"].clone()
+        losses = [tr.fit_epoch(targets, alpha=3.0, consistency=cons)["loss"] for cons in (False, True, True)]
+        runs[dtype] = (tr, w0, losses)
+    (t32, w0, l32), (t16, w0b, l16) = runs["float32"], runs["bfloat16"]
+    assert torch.equal(w0, w0b)
+    assert t16._stacked(("base", "flip")).dtype == torch.bfloat16
+    assert t32._stacked(("base", "flip")).dtype == torch.float32
+    np.testing.assert_allclose(l16, l32, rtol=2e-2)
+    # Adam moves every weight by ~lr per step whatever its gradient's size, so a weight whose gradient is near 0 may
+    # step the other way under another rounding: compare the whole update (Frobenius norm) and the outputs
+    moved = (t32.state_dict()["weight"] - w0).norm().item()
+    diff = (t16.state_dict()["weight"] - t32.state_dict()["weight"]).norm().item()
+    # (measured: 0.13 of the update's norm, and 0.10 of the logits' largest change; unrelated weights give ~1.4)
+    assert moved > 1e-2 and 0 < diff < 0.25 * moved, (moved, diff)
+    z16, z32 = t16.predict_logits(), t32.predict_logits()
+    assert np.abs(z16 - z32).max() < 0.25 * np.abs(z32 - _trainer(feats).predict_logits()).max()
+
+
+@pytest.mark.parametrize("kw, match", [(dict(head_dtype="float16"), "head_dtype must be one of"),
+                                       (dict(head_dtype="bfloat16", mode="finetune"), "frozen mode only")])
+def test_head_dtype_is_checked(kw, match):
+    from ccdlib.errors import ConfigError
+    with pytest.raises(ConfigError, match=match):
+        StudentConfig(**kw)
