@@ -99,9 +99,10 @@ def timed(fn, device: torch.device) -> tuple[float, np.ndarray]:
     return time.perf_counter() - t, out
 
 
-def bench_teacher(spec: str, paths, views, n_images: int, *, batch: int, repeat: int, device: str) -> dict:
+def bench_teacher(spec: str, paths, views, n_images: int, *, batch: int, repeat: int, device: str,
+                  dtype: str = "float32") -> dict:
     backend, arch = spec.split(":", 1)
-    teacher = build_teacher(TeacherConfig(backend=backend, arch=arch, pretrained=None, device=device))
+    teacher = build_teacher(TeacherConfig(backend=backend, arch=arch, pretrained=None, device=device, dtype=dtype))
     dev = teacher.device
     batch = batch or auto_forward_batch(dev, teacher.image_size)
     # pre-cut and pre-resized crops for the bound (not timed)
@@ -125,7 +126,7 @@ def bench_teacher(spec: str, paths, views, n_images: int, *, batch: int, repeat:
         t, ec = timed(lambda: bare_forward(teacher, x, batch), dev)
         tc = min(tc, t)
     n = len(views)
-    return {"teacher": f"{backend} {arch}", "size": teacher.image_size, "device": str(dev), "crops": n, "batch": batch,
+    return {"teacher": f"{backend} {arch}" + ("" if dtype == "float32" else f" ({dtype})"), "size": teacher.image_size, "device": str(dev), "crops": n, "batch": batch,
             "images": n_images, "a_s": ta, "b_s": tb, "c_s": tc,
             "a_crops": n / ta, "b_crops": n / tb, "c_crops": n / tc,
             "a_img": n_images / ta, "b_img": n_images / tb, "c_img": n_images / tc,
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda:0 ...")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--data-root", default=None, help="a built mosaic set (default: the embedded default split)")
+    ap.add_argument("--dtypes", default="float32",
+                    help="comma-separated teacher.dtype values, each timed as its own row, e.g. float32,bfloat16")
     ap.add_argument("--sweep", default="", help="also time (b) at these comma-separated batch sizes, e.g. 1,4,16,64")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -159,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
           f"best of {args.repeat}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"{platform.processor() or platform.machine()}, cuda={torch.cuda.is_available()}", flush=True)
     rows = []
-    for spec in [s.strip() for s in args.teachers.split(",") if s.strip()]:
-        r = bench_teacher(spec, paths, views, n_images, batch=args.batch, repeat=args.repeat, device=args.device)
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for spec, dtype in [(s.strip(), d) for s in args.teachers.split(",") if s.strip() for d in dtypes]:
+        r = bench_teacher(spec, paths, views, n_images, batch=args.batch, repeat=args.repeat, device=args.device,
+                          dtype=dtype)
         rows.append(r)
         print(f"#   {r['teacher']}: a {r['a_s']:.1f}s  b {r['b_s']:.1f}s  c {r['c_s']:.1f}s  "
               f"(max |a-b| {r['max_diff_ab']:.1e}, |b-c| {r['max_diff_bc']:.1e})", flush=True)

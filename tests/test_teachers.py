@@ -488,3 +488,43 @@ def test_conse_hierarchy_config():
     assert TeacherConfig().conse_hierarchy is False
     with pytest.raises(ConfigError, match="conse_hierarchy"):
         TeacherConfig(backend="open_clip", arch="RN50", conse_hierarchy=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# dtype: the image network under bfloat16 autocast
+# --------------------------------------------------------------------------------------------------
+def test_conse_bfloat16_keeps_the_photos_predictions_and_changes_the_cache_key(photos):
+    f32 = ConSETeacher("efficientnet-lite0", device="cpu")
+    b16 = ConSETeacher("efficientnet-lite0", device="cpu", dtype="bfloat16")
+    x = torch.stack([f32.preprocess(im) for im in photos])
+    q32, q16 = f32.imagenet_probabilities(x), b16.imagenet_probabilities(x)
+    assert q16.dtype == torch.float32
+    torch.testing.assert_close(q16.sum(-1), torch.ones(len(PHOTOS)), atol=1e-5, rtol=0)
+    assert torch.equal(q16.argmax(-1), q32.argmax(-1))                       # the same top-1 on every photo
+    diff = (q16 - q32).abs().max().item()
+    assert 0 < diff < 0.05, diff                                             # rounded, not another network
+    cos = (f32.encode_images(x) * b16.encode_images(x)).sum(-1)
+    assert cos.min() > 0.99
+    assert "dtype" not in f32.fingerprint()                                  # float32 caches keep their keys
+    assert b16.fingerprint() == {**f32.fingerprint(), "dtype": "bfloat16"}
+
+
+def test_open_clip_bfloat16_embeddings_are_normalised_float32(tiny_configs):
+    torch.manual_seed(0)
+    f32 = OpenCLIPTeacher(TINY_VIT, None, device="cpu")
+    torch.manual_seed(0)
+    b16 = OpenCLIPTeacher(TINY_VIT, None, device="cpu", dtype="bfloat16")
+    x = torch.randn(3, 3, 32, 32)
+    e32, e16 = f32.encode_images(x), b16.encode_images(x)
+    assert e16.dtype == torch.float32
+    torch.testing.assert_close(e16.norm(dim=-1), torch.ones(3), atol=1e-5, rtol=0)
+    assert (e32 * e16).sum(-1).min() > 0.98 and not torch.equal(e32, e16)
+
+
+def test_teacher_dtype_is_checked():
+    from ccdlib.errors import ConfigError
+    from ccdlib.teachers import TeacherConfig
+    with pytest.raises(ConfigError, match="teacher.dtype must be one of"):
+        TeacherConfig(dtype="float16")
+    with pytest.raises(ConfigError, match="dtype must be one of"):
+        ConSETeacher("efficientnet-lite0", device="cpu", dtype="half")
