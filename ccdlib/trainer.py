@@ -4,6 +4,7 @@ optionally under ``torchrun``). The model is :mod:`ccdlib.student`; the feature 
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from functools import partial
 from pathlib import Path
@@ -528,28 +529,37 @@ class StudentTrainer:
         idx = np.arange(len(paths)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= len(paths)):
             raise IndexError(f"indices out of range for {len(paths)} images")
+        outs = []
+        with self._evaluating():
+            if cfg.mode == "frozen":
+                feats, rows, hw = self._base_features(paths, idx, size, whole=image_paths is not None)
+                outs.extend(self._head_outputs(feats, rows, hw, fn))
+            else:
+                ds = _ImageViews([paths[i] for i in idx], trunk=cfg.trunk, image_size=size,
+                                 seed=cfg.seed, epoch=0, train=False, with_aug=False)
+                loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=False,
+                                                     num_workers=cfg.num_workers)
+                for x, _, _ in loader:
+                    outs.append(fn(self.student.head(self.student.trunk(x.to(self.device)))))
+        return self._concatenated(outs)
+
+    @contextlib.contextmanager
+    def _evaluating(self):
+        """Eval mode and ``inference_mode`` for the body; the previous train/eval mode is restored after it (frozen
+        mode's trunk stays in eval mode)."""
         was_training = self.student.training
         self.student.eval()
-        outs = []
         try:
             with torch.inference_mode():
-                if cfg.mode == "frozen":
-                    feats, rows, hw = self._base_features(paths, idx, size, whole=image_paths is not None)
-                    outs.extend(self._head_outputs(feats, rows, hw, fn))
-                else:
-                    ds = _ImageViews([paths[i] for i in idx], trunk=cfg.trunk, image_size=size,
-                                     seed=cfg.seed, epoch=0, train=False, with_aug=False)
-                    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=False,
-                                                         num_workers=cfg.num_workers)
-                    for x, _, _ in loader:
-                        outs.append(fn(self.student.head(self.student.trunk(x.to(self.device)))))
+                yield
         finally:
             self.student.train(was_training)
-            if cfg.mode == "frozen":
+            if self.config.mode == "frozen":
                 self.student.trunk.eval()
-        if not outs:
-            return np.zeros((0, self.num_classes), dtype=np.float32)
-        return np.concatenate(outs)
+
+    def _concatenated(self, outs: list[np.ndarray]) -> np.ndarray:
+        """The batches' outputs in order, or ``(0, C)`` float32 when there were none."""
+        return np.concatenate(outs) if outs else np.zeros((0, self.num_classes), dtype=np.float32)
 
     def _base_features(self, paths: list[Path], idx: np.ndarray, size: int,
                        whole: bool) -> tuple[torch.Tensor, np.ndarray, tuple[int, int]]:
@@ -621,27 +631,18 @@ class StudentTrainer:
             raise IndexError(f"indices out of range for {n} images")
         a = self._alpha_tensor(self.alpha if alpha is None else alpha)
         to_np = lambda cam: cam_to_logits(cam, a).float().cpu().numpy()     # noqa: E731
-        was_training = self.student.training
-        self.student.eval()
         outs = []
-        try:
-            with torch.inference_mode():
-                if cfg.mode == "frozen":
-                    bf = self._stacked(("base", "flip"))
-                    outs = self._head_outputs(bf, idx + n * fl.astype(np.int64), self._hw[cfg.image_size], to_np)
-                else:
-                    for b in range(0, len(idx), cfg.batch_size):
-                        x = torch.stack([preprocess_image(load_rgb(self.image_paths[i]), trunk=cfg.trunk,
-                                                          image_size=cfg.image_size, flip=bool(f))
-                                         for i, f in zip(idx[b:b + cfg.batch_size], fl[b:b + cfg.batch_size])])
-                        outs.append(to_np(self.student.head(self.student.trunk(x.to(self.device)))))
-        finally:
-            self.student.train(was_training)
+        with self._evaluating():
             if cfg.mode == "frozen":
-                self.student.trunk.eval()
-        if not outs:
-            return np.zeros((0, self.num_classes), dtype=np.float32)
-        return np.concatenate(outs)
+                bf = self._stacked(("base", "flip"))
+                outs = self._head_outputs(bf, idx + n * fl.astype(np.int64), self._hw[cfg.image_size], to_np)
+            else:
+                for b in range(0, len(idx), cfg.batch_size):
+                    x = torch.stack([preprocess_image(load_rgb(self.image_paths[i]), trunk=cfg.trunk,
+                                                      image_size=cfg.image_size, flip=bool(f))
+                                     for i, f in zip(idx[b:b + cfg.batch_size], fl[b:b + cfg.batch_size])])
+                    outs.append(to_np(self.student.head(self.student.trunk(x.to(self.device)))))
+        return self._concatenated(outs)
 
     def predict_logits(self, image_paths: Sequence[str | Path] | None = None, *,
                        alpha: float | np.ndarray | None = None, image_size: int | None = None) -> np.ndarray:

@@ -191,8 +191,7 @@ class TrainingLog:
 
     def _evaluate(self, prow: dict, targets: np.ndarray, train_scores: np.ndarray) -> tuple[dict, np.ndarray]:
         ctx = self.ctx
-        train_logits = self.trainer.predict_logits()
-        test_logits = self.trainer.predict_logits(ctx.test.image_paths)
+        train_logits, test_logits = self.trainer.eval_logits(ctx.test.image_paths)
         hard = (np.asarray(targets) >= 0.5).astype(np.uint8)
         # the GT-free rule's train mAP (RunConfig.gt_free_input): "eval" = eval-mode logits vs labels >= 0.5;
         # "released" = the pass's training outputs vs labels == 1, released mAP (train.py, end of the epoch loop)

@@ -43,24 +43,8 @@ sys.exit("no Markdown heading")
 EOF
 )"
 
-find_browser() {
-  local b
-  for b in chromium chromium-browser google-chrome google-chrome-stable; do
-    if command -v "$b" >/dev/null 2>&1; then command -v "$b"; return 0; fi
-  done
-  return 1
-}
-if ! browser="$(find_browser)"; then
-  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    echo "lab-screenshot: installing Debian's chromium" >&2
-    if ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then apt-get update -qq; fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-    browser="$(find_browser)"
-  else
-    echo "lab-screenshot: no chromium found; install it (Debian: sudo apt-get install chromium)" >&2
-    exit 1
-  fi
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/chromium.sh"
+browser="$(require_chromium lab-screenshot)"
 
 tmp="$(mktemp -d)"
 server_pid=""

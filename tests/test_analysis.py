@@ -219,6 +219,26 @@ def test_local_view_label_sets_and_students(tiny_context):
     assert len(out["losses"]) == 2 and 0 <= out["test"]["mAP"] <= 100 and "OF1" in out["test"]
 
 
+def test_label_students_are_cached_on_disk(tiny_context, monkeypatch):
+    """A rerun reads the test scores and losses back (no training); other labels or another seed train anew."""
+    from dataclasses import replace
+    ctx = tiny_context
+    labels = np.eye(3)[[0, 1, 2, 0, 1, 2]] * 0.9
+    first = A.train_student_on_labels(ctx, labels, 2)
+    calls = []
+    real = A.StudentTrainer.fit_epoch
+    monkeypatch.setattr(A.StudentTrainer, "fit_epoch", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    again = A.train_student_on_labels(ctx, labels, 2)
+    assert calls == []
+    np.testing.assert_array_equal(again["test_scores"], first["test_scores"])
+    assert again["test_scores"].dtype == first["test_scores"].dtype and again["losses"] == first["losses"]
+    assert again["test"] == first["test"]
+    other = A.train_student_on_labels(ctx, labels[::-1].copy(), 2)
+    assert len(calls) == 2 and not np.array_equal(other["test_scores"], first["test_scores"])
+    A.train_student_on_labels(replace(ctx, cfg=replace(ctx.cfg, seed=1)), labels, 2)
+    assert len(calls) == 4
+
+
 def test_warmup_and_explained_update(tiny_context):
     state = A.ccd_warmup(tiny_context, epochs=1)
     assert state.student_probs.shape == (6, 3) and state.selected.shape == (6, 3)
