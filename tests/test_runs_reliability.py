@@ -425,6 +425,8 @@ BAD = {   # every flat parameter -> a value it must refuse (out of range where t
     "steps": 0, "eval_every_steps": 0, "scoring": "logit", "ccd_warmup_steps": -1, "ccd_tau_checks": 0,
     "ccd_tau_input": "loader", "cdul_ga_warmup_steps": -1, "cdul_ga_every_steps": 0, "data_few_label_k": -1,
     "data_few_label_seed": -1, "student_aug_pool_seed": -1,
+    # issue 16: precision options
+    "student_head_dtype": "float16", "teacher_dtype": "half",
 }
 
 
