@@ -11,6 +11,7 @@ row, and the verdicts' robustness to the step budget.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -32,7 +33,7 @@ RULE_READS = {"oracle": "test labels (the papers' practice)", "last": "nothing",
 
 def claims_by_rule(runs: Iterable[SeedRun], labels: Mapping[str, np.ndarray], *, rules: Sequence[str] = RULES,
                    claims: Sequence[tuple[str, str, str]] = CLAIMS, n_resamples: int = 2000,
-                   confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+                   confidence: float = 0.95, seed: int = 0, cache_dir: str | Path | None = None) -> pd.DataFrame:
     """:func:`ccdlib.tables.claims_table` under each selection rule (report names, :data:`ccdlib.selection.RULES`),
     stacked: ``rule, uses_test_labels, reads`` then its columns. Rules a run did not record (``few_label`` without
     a few-label split) are skipped."""
@@ -43,7 +44,7 @@ def claims_by_rule(runs: Iterable[SeedRun], labels: Mapping[str, np.ndarray], *,
         if not any(key in r.result["selected"] for r in runs):
             continue
         t = claims_table(runs, labels, rule=key, claims=claims, n_resamples=n_resamples, confidence=confidence,
-                         seed=seed)
+                         seed=seed, cache_dir=cache_dir)
         t.insert(0, "reads", RULE_READS[rule])
         t.insert(0, "uses_test_labels", rule == "oracle")
         t.insert(0, "rule", rule)

@@ -423,7 +423,8 @@ def _seed_groups(runs: Iterable[SeedRun], rule: str) -> dict[tuple[str, str], li
 
 def seeded_main_table(runs: Iterable[SeedRun], labels: Mapping[str, np.ndarray], *, rule: str = "gt_free",
                       reference: str = "ccd", metrics: Sequence[str] = ("mAP", "CF1", "OF1"),
-                      n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+                      n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0,
+                      cache_dir: str | Path | None = None) -> pd.DataFrame:
     """The main table over training seeds, with bootstrap intervals (issue 12; method.md §7, §9).
 
     Per stamp protocol and method (rows in :data:`METHOD_LABELS` order), from the checkpoint ``rule`` picked:
@@ -443,6 +444,7 @@ def seeded_main_table(runs: Iterable[SeedRun], labels: Mapping[str, np.ndarray],
         reference: the method key the difference column compares with.
         n_resamples, confidence, seed: of the bootstrap (:mod:`ccdlib.stats`); every row of a protocol uses the
             same resamples.
+        cache_dir: the bootstrap intervals' disk cache (:func:`ccdlib.stats.bootstrap_map`); ``None``: none.
 
     Returns:
         Long table: ``protocol, key, method, selection, ground_truth_used, n_seeds, seeds, *metrics (+_sd),
@@ -479,11 +481,12 @@ def seeded_main_table(runs: Iterable[SeedRun], labels: Mapping[str, np.ndarray],
             for m in metrics:
                 mean, sd, _ = seed_mean_sd([t[1].get(m, np.nan) if t[1].get(m) is not None else np.nan for t in g])
                 row[m], row[f"{m}_sd"] = mean, sd
-            iv = bootstrap_map(avg[k], y, n_resamples=n_resamples, confidence=confidence, seed=seed)
+            iv = bootstrap_map(avg[k], y, n_resamples=n_resamples, confidence=confidence, seed=seed,
+                               cache_dir=cache_dir)
             row.update(mAP_seedavg=iv.estimate, mAP_lo=iv.lo, mAP_hi=iv.hi)
             if ref is not None and k != reference:
                 d = paired_bootstrap_difference(ref, avg[k], y, n_resamples=n_resamples, confidence=confidence,
-                                                seed=seed)
+                                                seed=seed, cache_dir=cache_dir)
                 row.update({ref_col: d.estimate, f"{ref_col}_lo": d.lo, f"{ref_col}_hi": d.hi})
             else:
                 row.update({ref_col: np.nan, f"{ref_col}_lo": np.nan, f"{ref_col}_hi": np.nan})
@@ -541,10 +544,11 @@ CLAIMS: tuple[tuple[str, str, str], ...] = (
 
 def claims_table(runs: Iterable[SeedRun], labels: Mapping[str, np.ndarray], *, rule: str = "gt_free",
                  claims: Sequence[tuple[str, str, str]] = CLAIMS, n_resamples: int = 2000, confidence: float = 0.95,
-                 seed: int = 0) -> pd.DataFrame:
+                 seed: int = 0, cache_dir: str | Path | None = None) -> pd.DataFrame:
     """Each claim ``(text, a, b)`` = "a beats b", per protocol: the paired-bootstrap difference ``mAP(a) - mAP(b)``
     of the seed-averaged test probabilities, its interval, and a ``verdict``: ``"holds"`` (interval above 0),
     ``"reversed"`` (below 0) or ``"unresolved"`` (contains 0). Claims whose methods were not run are skipped.
+    ``cache_dir``: the bootstrap intervals' disk cache (:func:`ccdlib.stats.paired_bootstrap_difference`).
 
     Returns:
         ``protocol, claim, a, b, n_seeds_a, n_seeds_b, mAP_a, mAP_b, diff, diff_lo, diff_hi, verdict``.
@@ -560,7 +564,8 @@ def claims_table(runs: Iterable[SeedRun], labels: Mapping[str, np.ndarray], *, r
                 continue
             sa = seed_averaged_scores([t[2] for t in groups[(protocol, a)]])
             sb = seed_averaged_scores([t[2] for t in groups[(protocol, b)]])
-            d = paired_bootstrap_difference(sa, sb, y, n_resamples=n_resamples, confidence=confidence, seed=seed)
+            d = paired_bootstrap_difference(sa, sb, y, n_resamples=n_resamples, confidence=confidence, seed=seed,
+                                            cache_dir=cache_dir)
             verdict = "holds" if d.lo > 0 else "reversed" if d.hi < 0 else "unresolved"
             rows.append({"protocol": protocol, "claim": text, "a": method_label(a), "b": method_label(b),
                          "n_seeds_a": len(groups[(protocol, a)]), "n_seeds_b": len(groups[(protocol, b)]),
@@ -595,7 +600,7 @@ def claims_paragraph(claims: pd.DataFrame, *, n_test: Mapping[str, int] | None =
 
 def seeded_score_table(scores: Mapping[str, Sequence[np.ndarray]], labels: np.ndarray, *,
                        reference: str | None = None, n_resamples: int = 2000, confidence: float = 0.95,
-                       seed: int = 0) -> pd.DataFrame:
+                       seed: int = 0, cache_dir: str | Path | None = None) -> pd.DataFrame:
     """Seeds and intervals for any set of rows (Fig. 3's label sets, the ablations' runs): one row per key of
     ``scores`` (``{key: [(N_test, C) test probabilities of each seed]}``, in that order).
 
@@ -603,7 +608,8 @@ def seeded_score_table(scores: Mapping[str, Sequence[np.ndarray]], labels: np.nd
     seed), ``mAP_seedavg, mAP_lo, mAP_hi`` (mAP of the seed-averaged probabilities with its bootstrap interval)
     and, with a ``reference`` key, ``delta, delta_lo, delta_hi``: the paired-bootstrap difference
     ``mAP(row) - mAP(reference)`` of the seed-averaged probabilities (0 with a zero-width interval on the
-    reference's own row). Every row uses the same resamples of the test images.
+    reference's own row). Every row uses the same resamples of the test images. ``cache_dir``: the bootstrap
+    intervals' disk cache (:func:`ccdlib.stats.bootstrap_map`).
     """
     from .metrics import mean_average_precision
     from .stats import bootstrap_map, paired_bootstrap_difference, seed_averaged_scores, seed_mean_sd
@@ -619,12 +625,13 @@ def seeded_score_table(scores: Mapping[str, Sequence[np.ndarray]], labels: np.nd
     rows = []
     for k, arrs in scores.items():
         mean, sd, n = seed_mean_sd([mean_average_precision(np.asarray(a, np.float64), y).map for a in arrs])
-        iv = bootstrap_map(avg[k], y, n_resamples=n_resamples, confidence=confidence, seed=seed)
+        iv = bootstrap_map(avg[k], y, n_resamples=n_resamples, confidence=confidence, seed=seed,
+                           cache_dir=cache_dir)
         row = {"key": k, "n_seeds": n, "mAP": mean, "mAP_sd": sd, "mAP_seedavg": iv.estimate, "mAP_lo": iv.lo,
                "mAP_hi": iv.hi}
         if reference is not None:
             d = paired_bootstrap_difference(avg[k], avg[reference], y, n_resamples=n_resamples,
-                                            confidence=confidence, seed=seed)
+                                            confidence=confidence, seed=seed, cache_dir=cache_dir)
             row.update(delta=d.estimate, delta_lo=d.lo, delta_hi=d.hi)
         rows.append(row)
     return pd.DataFrame(rows)

@@ -195,3 +195,59 @@ def test_difference_half_width_shrinks_with_n_like_one_over_sqrt_n():
     assert hw[2] == pytest.approx(full.half_width) and df["half_width_sqrt_scaled"].iloc[2] == pytest.approx(hw[2])
     with pytest.raises(ValueError, match="sizes"):
         stats.difference_half_width_by_n(a, b, y, sizes=(900,))
+
+
+def _same_interval(a, b):
+    assert (a.estimate, a.lo, a.hi, a.method, a.n, a.n_resamples, a.confidence) == \
+        (b.estimate, b.lo, b.hi, b.method, b.n, b.n_resamples, b.confidence)
+    assert np.array_equal(a.distribution, b.distribution) and not b.distribution.flags.writeable
+
+
+def test_cached_intervals_are_bit_identical_read_back_and_keyed_by_inputs(tmp_path, monkeypatch):
+    s, y = _random_case(n=70, seed=11, ties=False)
+    noisy = s + np.random.default_rng(1).normal(0, 0.3, s.shape)
+    plain_map = stats.bootstrap_map(s, y, n_resamples=300, seed=4)
+    plain_diff = stats.paired_bootstrap_difference(s, noisy, y, n_resamples=300, seed=4)
+    first_map = stats.bootstrap_map(s, y, n_resamples=300, seed=4, cache_dir=tmp_path)        # computed, stored
+    first_diff = stats.paired_bootstrap_difference(s, noisy, y, n_resamples=300, seed=4, cache_dir=tmp_path)
+    _same_interval(plain_map, first_map)
+    _same_interval(plain_diff, first_diff)
+    assert len(list((tmp_path / "bootstrap").glob("*.npy"))) == 2
+
+    def no_resampling(*a, **k):
+        raise AssertionError("resampled although the interval is cached")
+    monkeypatch.setattr(stats, "_bootstrap", no_resampling)
+    _same_interval(plain_map, stats.bootstrap_map(s, y, n_resamples=300, seed=4, cache_dir=tmp_path))
+    _same_interval(plain_diff, stats.paired_bootstrap_difference(s, noisy, y, n_resamples=300, seed=4,
+                                                                 cache_dir=tmp_path))
+    changed = s.copy()
+    changed[0, 0] += 1e-9
+    for call in (lambda: stats.bootstrap_map(s, y, n_resamples=300, seed=5, cache_dir=tmp_path),
+                 lambda: stats.bootstrap_map(changed, y, n_resamples=300, seed=4, cache_dir=tmp_path),
+                 lambda: stats.bootstrap_map(s, y, n_resamples=300, seed=4, method="percentile", cache_dir=tmp_path),
+                 lambda: stats.paired_bootstrap_difference(noisy, s, y, n_resamples=300, seed=4, cache_dir=tmp_path),
+                 lambda: stats.bootstrap_map(s, y, n_resamples=300, seed=4)):          # no cache_dir: no cache
+        with pytest.raises(AssertionError, match="resampled"):
+            call()
+
+
+def test_a_corrupt_cached_interval_is_recomputed(tmp_path):
+    s, y = _random_case(n=50, seed=12, ties=False)
+    ref = stats.bootstrap_map(s, y, n_resamples=200, seed=0, cache_dir=tmp_path)
+    (entry,) = (tmp_path / "bootstrap").glob("*.npy")
+    entry.write_bytes(b"not an array")
+    _same_interval(ref, stats.bootstrap_map(s, y, n_resamples=200, seed=0, cache_dir=tmp_path))
+
+
+def test_seeded_score_table_is_the_same_with_the_interval_cache(tmp_path, monkeypatch):
+    from ccdlib import tables
+    s, y = _random_case(n=60, seed=13, ties=False)
+    rng = np.random.default_rng(2)
+    scores = {"a": [s + rng.normal(0, 0.2, s.shape) for _ in range(2)], "b": [rng.random(s.shape)]}
+    plain = tables.seeded_score_table(scores, y, reference="a", n_resamples=200)
+    cold = tables.seeded_score_table(scores, y, reference="a", n_resamples=200, cache_dir=tmp_path)
+    monkeypatch.setattr(stats, "_bootstrap", lambda *a, **k: (_ for _ in ()).throw(AssertionError("resampled")))
+    warm = tables.seeded_score_table(scores, y, reference="a", n_resamples=200, cache_dir=tmp_path)
+    import pandas as pd
+    pd.testing.assert_frame_equal(plain, cold, check_exact=True)
+    pd.testing.assert_frame_equal(plain, warm, check_exact=True)
