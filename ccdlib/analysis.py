@@ -24,8 +24,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .label_update import (calibrate_class_threshold, cam_boxes, cam_to_box, local_pseudo_labels, mix_labels,
-                           select_classes)
+from .label_update import (calibrate_class_threshold, cam_boxes, cam_grid_boxes, cam_to_box, grow_boxes,
+                           local_pseudo_labels, mix_labels, select_classes)
 from .metrics import evaluate, mean_average_precision
 from .pseudolabels import CCDInitialLabels, ccd_initial_pseudo_labels, class_bias, debias, label_smoothing_floor
 from .runs import Context, alpha_for, global_probabilities, grid_probabilities, pseudo_label_quality, \
@@ -602,11 +602,16 @@ def crop_diagnostics(state: WarmupState, *, offsets: Sequence[float] = (0.0, 80.
     ds = ctx.train
     sizes = ctx.image_sizes("train")
     cams = state.trainer.cams(indices=np.arange(len(ds)))
+    selections = (("tau", np.asarray(state.selected, bool)), ("ground truth", ds.labels.astype(bool)))
+    # every (image, class) either selection needs, boxed once on the grid; each offset only grows the boxes
+    boxes, found = cam_grid_boxes(cams, selections[0][1] | selections[1][1], resolution=c.resolution,
+                                  threshold=c.cam_threshold, box_rule=c.box_rule)
     rows = []
-    for name, selected in (("tau", state.selected), ("ground truth", ds.labels.astype(bool))):
+    for name, selected in selections:
+        keep = selected[found[:, 0], found[:, 1]]
+        owners = found[keep]
         for off in offsets:
-            views, owners = cam_boxes(cams, selected, sizes, offset=off, resolution=c.resolution,
-                                      threshold=c.cam_threshold, box_rule=c.box_rule)
+            views = grow_boxes(boxes[keep], owners, sizes, offset=off, resolution=c.resolution)
             rows.append({"views": "CAM crops", "selection": name, "offset": float(off),
                          "tau": state.tau if name == "tau" else float("nan"),
                          **crop_summary(views, owners, ds.boxes, iou=iou)})

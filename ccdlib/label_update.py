@@ -4,7 +4,8 @@ them, and the local labels are mixed into the global ones.
 Steps, one function each:
 1. :func:`calibrate_class_threshold` -- the class-selection threshold ``tau``.
 2. :func:`cam_to_box` / :func:`cam_boxes` -- CAM -> box (true min/max box by default; the released code's
-   raster-order corners as ``box_rule="raster"``), grown by ``offset``, clipped, mapped to image pixels.
+   raster-order corners as ``box_rule="raster"``), grown by ``offset``, clipped, mapped to image pixels
+   (:func:`cam_grid_boxes` then :func:`grow_boxes`: several offsets share one pass over the CAMs).
 3. :func:`local_pseudo_labels` -- class-wise max over an image's crops, LS floor, division by the global bias
    (not clamped).
 4. :func:`mix_labels` -- ``y <- clamp(r * y_prev + (1 - r) * y_loc, 0, 1)``.
@@ -33,6 +34,8 @@ __all__ = [
     "select_classes",
     "cam_to_box",
     "cam_boxes",
+    "cam_grid_boxes",
+    "grow_boxes",
     "CAMSource",
     "local_pseudo_labels",
     "mix_labels",
@@ -155,9 +158,19 @@ def cam_boxes(cams: CAMSource, selected: np.ndarray, image_sizes: Sequence[tuple
     The box is found on the ``resolution`` grid (the released code's 640x640 teacher input), grown by ``offset``
     grid pixels on every side, clipped to the grid, then scaled to the image's own pixel size. ``cams`` may be a
     function of image indices (:data:`CAMSource`): it is then called for ``block`` images with a selected class at a
-    time, so memory does not grow with ``N``.
+    time, so memory does not grow with ``N``. The two steps are :func:`cam_grid_boxes` and :func:`grow_boxes`.
     """
-    views: list[View] = []
+    grid, owners = cam_grid_boxes(cams, selected, resolution=resolution, threshold=threshold, box_rule=box_rule,
+                                  block=block)
+    return grow_boxes(grid, owners, image_sizes, offset=offset, resolution=resolution), owners
+
+
+def cam_grid_boxes(cams: CAMSource, selected: np.ndarray, *, resolution: int = 640, threshold: float = 0.95,
+                   box_rule: str = "minmax", block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cam_to_box` of every selected (image, class): ``cams (N, C, h, w)`` (or a :data:`CAMSource`
+    function), ``selected (N, C)`` -> ``boxes (M, 4)`` int64 ``(x0, y0, x1, y1)`` on the ``resolution`` grid and
+    ``owners (M, 2)`` int64 ``(image, class)``, image-major; flat maps give no box."""
+    boxes: list[tuple[int, int, int, int]] = []
     owners: list[tuple[int, int]] = []
     selected = np.asarray(selected)
     rows = np.flatnonzero(selected.any(axis=1))
@@ -168,25 +181,26 @@ def cam_boxes(cams: CAMSource, selected: np.ndarray, image_sizes: Sequence[tuple
             raise ValueError(f"the CAM function returned {part.shape[0]} maps for {len(idx)} images")
         for j, i in enumerate(idx):
             for c in np.flatnonzero(selected[i]):
-                _add_box(views, owners, part[j, c] if part is not None else cams[i, c], int(i), int(c), image_sizes,
-                         offset=offset, resolution=resolution, threshold=threshold, box_rule=box_rule)
-    return views, np.asarray(owners, dtype=np.int64).reshape(-1, 2)
+                box = cam_to_box(part[j, c] if part is not None else cams[i, c], resolution=resolution,
+                                 threshold=threshold, box_rule=box_rule)
+                if box is not None:
+                    boxes.append(box)
+                    owners.append((int(i), int(c)))
+    return (np.asarray(boxes, dtype=np.int64).reshape(-1, 4), np.asarray(owners, dtype=np.int64).reshape(-1, 2))
 
 
-def _add_box(views: list[View], owners: list[tuple[int, int]], cam, i: int, c: int,
-             image_sizes: Sequence[tuple[int, int]], *, offset: float, resolution: int, threshold: float,
-             box_rule: str) -> None:
-    """Append image ``i``'s crop view for class ``c`` (nothing for a flat map)."""
-    box = cam_to_box(cam, resolution=resolution, threshold=threshold, box_rule=box_rule)
-    if box is None:
-        return
-    x0, y0, x1, y1 = box
-    x0, y0 = max(0.0, x0 - offset), max(0.0, y0 - offset)
-    x1, y1 = min(float(resolution), x1 + offset), min(float(resolution), y1 + offset)
-    w, h = image_sizes[i]
-    sx, sy = w / resolution, h / resolution
-    views.append(View(i, (x0 * sx, y0 * sy, x1 * sx, y1 * sy)))
-    owners.append((i, c))
+def grow_boxes(boxes: np.ndarray, owners: np.ndarray, image_sizes: Sequence[tuple[int, int]], *, offset: float = 80,
+               resolution: int = 640) -> list[View]:
+    """Grid boxes ``(M, 4)`` of :func:`cam_grid_boxes` -> ``M`` crop views in image pixels: each side moved out by
+    ``offset`` grid pixels, clipped to the ``resolution`` grid, scaled to image ``owners[m, 0]``'s ``(w, h)``."""
+    views: list[View] = []
+    for (x0, y0, x1, y1), (i, _) in zip(np.asarray(boxes).tolist(), np.asarray(owners).tolist()):
+        x0, y0 = max(0.0, x0 - offset), max(0.0, y0 - offset)
+        x1, y1 = min(float(resolution), x1 + offset), min(float(resolution), y1 + offset)
+        w, h = image_sizes[i]
+        sx, sy = w / resolution, h / resolution
+        views.append(View(i, (x0 * sx, y0 * sy, x1 * sx, y1 * sy)))
+    return views
 
 
 def local_pseudo_labels(crop_probs: np.ndarray, crop_images: np.ndarray, n_images: int, bias: np.ndarray, *,

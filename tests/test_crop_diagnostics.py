@@ -58,3 +58,38 @@ def test_tiles_as_class_free_views(scene):
     assert s["views_per_image"] == 4.0
     assert s["on_any_object"] == 25.0              # the two quadrants of image 0 that are its objects
     assert s["object_recall"] == pytest.approx(100 * 2 / 3)   # image 1's centred object straddles 4 quadrants
+
+
+def test_crop_diagnostics_boxes_each_cam_once_and_matches_per_offset_boxing(monkeypatch):
+    """crop_diagnostics finds the grid boxes of the union of both selections once; its rows equal boxing each
+    (selection, offset) from scratch with cam_boxes, as it did before."""
+    from types import SimpleNamespace
+
+    from ccdlib import analysis, label_update
+    from ccdlib.config import CCDConfig
+    rng = np.random.default_rng(5)
+    n, c = 6, 4
+    cams = rng.random((n, c, 5, 5)).astype(np.float32) ** 3
+    labels = (rng.random((n, c)) < 0.5).astype(np.float32)
+    boxes = [np.array([[k, 10 * k, 5, 10 * k + 40, 45] for k in np.flatnonzero(labels[i])]).reshape(-1, 5)
+             for i in range(n)]
+    sizes = [(80, 60)] * n
+    ccd = CCDConfig(resolution=16, offset=2)
+    train = type("Train", (), {"labels": labels, "boxes": boxes, "__len__": lambda self: n})()
+    ctx = SimpleNamespace(cfg=SimpleNamespace(ccd=ccd), train=train, image_sizes=lambda split: sizes)
+    selected = rng.random((n, c)) < 0.4
+    state = SimpleNamespace(ctx=ctx, trainer=SimpleNamespace(cams=lambda indices: cams[indices]), selected=selected,
+                            tau=0.3)
+    calls = []
+    real = label_update.cam_to_box
+    monkeypatch.setattr(label_update, "cam_to_box", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = analysis.crop_diagnostics(state, offsets=(0.0, 2.0, 4.0), grid=2)
+    assert len(calls) == int((selected | labels.astype(bool)).sum())          # one per (image, class) of the union
+    monkeypatch.setattr(label_update, "cam_to_box", real)
+    for name, sel in (("tau", selected), ("ground truth", labels.astype(bool))):
+        for off in (0.0, 2.0, 4.0):
+            views, owners = label_update.cam_boxes(cams, sel, sizes, offset=off, resolution=16,
+                                                   threshold=ccd.cam_threshold, box_rule=ccd.box_rule)
+            row = got[(got["selection"] == name) & (got["offset"] == off)].iloc[0]
+            for k, v in crop_summary(views, owners, boxes, iou=0.5).items():
+                assert row[k] == pytest.approx(v, nan_ok=True), (name, off, k)

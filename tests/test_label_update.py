@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from ccdlib.label_update import (calibrate_class_threshold, cam_boxes, cam_to_box, local_pseudo_labels, mix_labels,
-                                 select_classes)
+from ccdlib.label_update import (calibrate_class_threshold, cam_boxes, cam_grid_boxes, cam_to_box, grow_boxes,
+                                 local_pseudo_labels, mix_labels, select_classes)
 
 
 def _blob(h=8, w=8, y0=2, y1=5, x0=3, x1=7):
@@ -127,3 +127,27 @@ def test_mix_clamps_once_after_the_mix():
     np.testing.assert_allclose(out, [[1.0, 0.2 * 0.1 + 0.8 * 0.9]])          # 0.02 + 1.2 -> 1
     np.testing.assert_allclose(mix_labels(np.array([[0.1]]), np.array([[1.1]]), np.array([True]), r=0.2),
                                [[0.02 + 0.88]])                              # clamping y_loc first would give 0.82
+
+
+@pytest.mark.parametrize("box_rule", ["minmax", "raster"])
+def test_grid_boxes_then_growth_is_cam_to_box_grown_by_hand(box_rule):
+    """cam_boxes = cam_grid_boxes + grow_boxes; one grid pass serves several offsets (crop_diagnostics)."""
+    rng = np.random.default_rng(3)
+    cams = rng.random((5, 3, 6, 6)).astype(np.float32) ** 3
+    cams[1, 2] = 0.5                                      # flat: no box
+    selected = rng.random((5, 3)) < 0.6
+    selected[1, 2] = True
+    sizes = [(64 + 8 * i, 48 + 4 * i) for i in range(5)]
+    grid, owners = cam_grid_boxes(cams, selected, resolution=16, box_rule=box_rule)
+    expect = [(i, c) for i in range(5) for c in range(3) if selected[i, c] and not (i == 1 and c == 2)]
+    assert owners.tolist() == [list(p) for p in expect]
+    for offset in (0, 2.5, 9):
+        views, own = cam_boxes(cams, selected, sizes, offset=offset, resolution=16, box_rule=box_rule)
+        assert own.tolist() == owners.tolist()
+        assert [v.box for v in views] == [v.box for v in grow_boxes(grid, owners, sizes, offset=offset, resolution=16)]
+        for v, (i, c) in zip(views, expect):
+            x0, y0, x1, y1 = cam_to_box(cams[i, c], resolution=16, box_rule=box_rule)
+            w, h = sizes[i]
+            hand = (max(0, x0 - offset) * w / 16, max(0, y0 - offset) * h / 16, min(16, x1 + offset) * w / 16,
+                    min(16, y1 + offset) * h / 16)
+            assert v.image == i and v.box == pytest.approx(hand)
