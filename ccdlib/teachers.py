@@ -332,6 +332,15 @@ def _load_minilm(device: torch.device):
 IMAGENET_NAME_TEMPLATES: tuple[str, ...] = ("{}", "a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.")
 
 
+def imagenet_names_key() -> dict:
+    """The text-cache key of the ConSE teacher's ``(1000, D)`` ImageNet-name embeddings: the encoder, the templates
+    and the versions of the two packages the names come from (read without importing them)."""
+    from importlib.metadata import version
+    return {"encoder": MINILM_ID, "names": {"open_clip.IMAGENET_CLASSNAMES": version("open_clip_torch"),
+                                            "torchvision ResNet50 categories": version("torchvision")},
+            "templates": IMAGENET_NAME_TEMPLATES}
+
+
 class ConSETeacher(Teacher):
     """Offline ConSE teacher: EfficientNet-Lite ImageNet probabilities x MiniLM embeddings of ImageNet names.
 
@@ -386,13 +395,9 @@ class ConSETeacher(Teacher):
         torchvision's WordNet-derived name, e.g. "Egyptian Mau" / "Egyptian cat") under every name template.
         Cached on disk (the encoder is deterministic), keyed by the versions of the two packages the names come
         from, so a warm start imports neither open_clip nor torchvision (~2 s per process)."""
-        from importlib.metadata import version
-
         from .cache import ArrayCache, default_cache_dir
         cache = ArrayCache(default_cache_dir(), "text")
-        key = {"encoder": MINILM_ID, "names": {"open_clip.IMAGENET_CLASSNAMES": version("open_clip_torch"),
-                                               "torchvision ResNet50 categories": version("torchvision")},
-               "templates": IMAGENET_NAME_TEMPLATES}
+        key = imagenet_names_key()
         hit = cache.get(key)
         if hit is not None and hit.shape[0] == 1000:
             return torch.from_numpy(hit)
