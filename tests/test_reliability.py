@@ -19,6 +19,10 @@ import pytest
 import torch
 from PIL import Image
 
+import ccdlib.context
+import ccdlib.inputs
+import ccdlib.methods
+import ccdlib.run_store
 import ccdlib.runs
 import ccdlib.scoring
 import ccdlib.features
@@ -30,7 +34,9 @@ from ccdlib.config import run_config_from_params
 from ccdlib.datasets import load_class_list
 from ccdlib.errors import CheckpointError, ConfigError, DatasetError
 from ccdlib.readers import read_voc
-from ccdlib.runs import RUNNERS, make_context, run, run_ccd, run_cdul, run_supervised
+from ccdlib.methods import RUNNERS, run_ccd, run_cdul, run_supervised
+from ccdlib.context import make_context
+from ccdlib.runs import run
 from ccdlib.features import extract_features
 from ccdlib.student import StudentConfig, build_student, load_student_checkpoint, write_checkpoint
 from ccdlib.views import image_size
@@ -119,12 +125,12 @@ def record_labels(monkeypatch):
             out = fn(*a, **kw)
             seen.append((name, np.array(pick(out), copy=True)))
             return out
-        monkeypatch.setattr(ccdlib.runs, name, wrapped)
+        monkeypatch.setattr(ccdlib.methods, name, wrapped)
 
-    wrap("ccd_initial_pseudo_labels", ccdlib.runs.ccd_initial_pseudo_labels, lambda r: r.labels)
-    wrap("classifier_guided_label_update", ccdlib.runs.classifier_guided_label_update, lambda r: r.labels)
-    wrap("cdul_initial_pseudo_labels", ccdlib.runs.cdul_initial_pseudo_labels, lambda r: r)
-    wrap("cdul_gradient_alignment_update", ccdlib.runs.cdul_gradient_alignment_update, lambda r: r)
+    wrap("ccd_initial_pseudo_labels", ccdlib.methods.ccd_initial_pseudo_labels, lambda r: r.labels)
+    wrap("classifier_guided_label_update", ccdlib.methods.classifier_guided_label_update, lambda r: r.labels)
+    wrap("cdul_initial_pseudo_labels", ccdlib.methods.cdul_initial_pseudo_labels, lambda r: r)
+    wrap("cdul_gradient_alignment_update", ccdlib.methods.cdul_gradient_alignment_update, lambda r: r)
     return seen
 
 
@@ -141,10 +147,11 @@ def _assert_same_labels(a: list, b: list) -> None:
 def no_expensive_work(monkeypatch):
     """Anything past config validation (data, teacher, a runner) fails the test."""
     monkeypatch.setattr(ccdlib.runs, "make_context", _boom)
-    monkeypatch.setattr(ccdlib.runs, "load_data", _boom)
-    monkeypatch.setattr(ccdlib.runs, "get_teacher", _boom)
+    monkeypatch.setattr(ccdlib.inputs, "load_data", _boom)
+    monkeypatch.setattr(ccdlib.context, "get_teacher", _boom)
     monkeypatch.setattr(ccdlib.teachers, "build_teacher", _boom)
-    monkeypatch.setattr(mosaic, "build_mosaics", _boom)
+    monkeypatch.setattr(mosaic.embedded, "build_mosaics", _boom)   # where embedded_dataset and cli_main look it up
+    monkeypatch.setattr(mosaic.cli, "build_mosaics", _boom)
     for method in list(RUNNERS):
         monkeypatch.setitem(RUNNERS, method, _boom)
 
@@ -219,7 +226,7 @@ def test_missing_data_root_fails_before_the_teacher(tmp_path, monkeypatch, capsy
     missing = tmp_path / "nowhere" / "VOCdevkit"
     cfg = run_config_from_params(dict(method="ccd", data_kind="voc2007", data_root=str(missing),
                                       out_dir=str(tmp_path / "r"), cache_dir=str(tmp_path / "c")))
-    monkeypatch.setattr(ccdlib.runs, "get_teacher", _boom)
+    monkeypatch.setattr(ccdlib.context, "get_teacher", _boom)
     monkeypatch.setattr(ccdlib.teachers, "build_teacher", _boom)
     with pytest.raises(DatasetError) as e:
         make_context(cfg)
@@ -233,8 +240,8 @@ def test_missing_data_root_fails_before_the_teacher(tmp_path, monkeypatch, capsy
 @pytest.mark.parametrize("field", ["teacher.device", "student.device"])
 def test_cuda_where_there_is_none_fails_before_work(field, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(ccdlib.runs, "load_data", _boom)
-    monkeypatch.setattr(ccdlib.runs, "get_teacher", _boom)
+    monkeypatch.setattr(ccdlib.inputs, "load_data", _boom)
+    monkeypatch.setattr(ccdlib.context, "get_teacher", _boom)
     section, key = field.split(".")
     cfg = run_config_from_params({f"{section}_{key}": "cuda:0"})
     with pytest.raises(ConfigError, match="CUDA") as e:
@@ -457,7 +464,7 @@ def test_killed_ccd_run_resumes_from_the_cache(mosaic_root, shared_cache, tmp_pa
                               views=st.views_computed))
 
     monkeypatch.setattr(ccdlib.scoring, "embed_views", embed_views)   # label_update looks it up per call
-    monkeypatch.setattr(ccdlib.runs, "embed_views", embed_views)      # global views
+    monkeypatch.setattr(ccdlib.context, "embed_views", embed_views)      # global views
     features: list[tuple] = []                                       # student feature extraction calls
     orig_extract = ccdlib.features.extract_features
 
@@ -520,7 +527,7 @@ def test_result_json_marks_a_finished_run(mosaic_root, shared_cache, tmp_path, m
             writes.append(Path(path).name)
         monkeypatch.setattr(mod, name, wrapped)
 
-    recorder(ccdlib.runs, "atomic_write_text")
+    recorder(ccdlib.run_store, "atomic_write_text")
     recorder(ccdlib.student, "atomic_write_text")
     recorder(ccdlib.student, "atomic_write_bytes")
 

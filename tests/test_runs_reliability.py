@@ -18,14 +18,26 @@ import pytest
 import torch
 import yaml
 
+import ccdlib.context
+import ccdlib.inputs
+import ccdlib.methods
+import ccdlib.run_store
 import ccdlib.runs
+import ccdlib.training_log
 import ccdlib.teachers
 from ccdlib.__main__ import main
 from ccdlib.config import NOTEBOOK_PARAMETERS, config_to_dict, flat_config_keys, load_config, run_config_from_params
 from ccdlib.errors import ConfigError, DatasetError, OutputError
 from ccdlib.metrics import evaluate, topk_metrics
-from ccdlib.runs import RUNNERS, make_context, run, select_checkpoints
+from ccdlib.methods import RUNNERS
+from ccdlib.context import make_context
+from ccdlib.runs import run
+from ccdlib.selection import select_checkpoints
 from ccdlib.trainer import StudentTrainer
+
+#: the module a run looks each step up in (the one a test patches to catch it)
+LOOKED_UP_IN = {"make_context": ccdlib.runs, "load_data": ccdlib.inputs, "get_teacher": ccdlib.context,
+                **{m: ccdlib.methods for m in ("run_ccd", "run_cdul", "run_teacher_global", "run_supervised")}}
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*have no positive image:UserWarning"),
               pytest.mark.filterwarnings("ignore:class bias:UserWarning")]
@@ -179,14 +191,14 @@ def test_finished_run_is_reused_only_when_the_inputs_match(data, shared_cache, t
 # --------------------------------------------------------------------------------------------------
 def test_data_replaced_during_the_run_stops_it(data, shared_cache, tmp_path, monkeypatch):
     cfg = _cfg(data, tmp_path, shared_cache, method="supervised", epochs=2)
-    orig = ccdlib.runs.TrainingLog._evaluate
+    orig = ccdlib.training_log.TrainingLog._evaluate
 
     def epoch_then_rebuild(self, *a, **kw):
         row = orig(self, *a, **kw)
         if row[0]["epoch"] == 0:   # "another build into the same folder": a test image replaced
             shutil.copy(data / "JPEGImages" / "test_000003.jpg", data / "JPEGImages" / "test_000004.jpg")
         return row
-    monkeypatch.setattr(ccdlib.runs.TrainingLog, "_evaluate", epoch_then_rebuild)
+    monkeypatch.setattr(ccdlib.training_log.TrainingLog, "_evaluate", epoch_then_rebuild)
     with pytest.raises(DatasetError) as e:
         run(cfg)
     assert str(data) in str(e.value) and "changed during the run" in str(e.value)
@@ -261,7 +273,7 @@ def test_two_classes_run_to_the_end(data, shared_cache, tmp_path):
 def test_one_class_is_refused_before_any_work(data, tmp_path, monkeypatch, capsys):
     _keep_classes(data, ["bird"])
     cfg = _cfg(data, tmp_path, tmp_path / "cache")
-    monkeypatch.setattr(ccdlib.runs, "get_teacher", _boom)
+    monkeypatch.setattr(ccdlib.context, "get_teacher", _boom)
     monkeypatch.setattr(ccdlib.teachers, "build_teacher", _boom)
     with pytest.raises(DatasetError, match="1 class.*at least 2"):
         run(cfg)
@@ -276,7 +288,7 @@ def test_unwritable_out_dir_fails_before_any_work(tmp_path, monkeypatch, capsys)
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     for name in ("make_context", "load_data", "get_teacher"):
-        monkeypatch.setattr(ccdlib.runs, name, _boom)
+        monkeypatch.setattr(LOOKED_UP_IN[name], name, _boom)
     for method in list(RUNNERS):
         monkeypatch.setitem(RUNNERS, method, _boom)
     cfg = run_config_from_params(dict(out_dir=str(blocker / "results")))
@@ -290,17 +302,17 @@ def test_failed_write_at_the_end_keeps_the_training(data, shared_cache, tmp_path
                                                     count_epochs):
     import errno
     cfg = _cfg(data, tmp_path, shared_cache, method="supervised", epochs=2)
-    orig = ccdlib.runs.atomic_write_text
+    orig = ccdlib.run_store.atomic_write_text
 
     def disk_full(path, text):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(ccdlib.runs, "atomic_write_text", disk_full)
+    monkeypatch.setattr(ccdlib.run_store, "atomic_write_text", disk_full)
     assert main(["run", "--config", _write_yaml(cfg, tmp_path)]) == 2
     err = capsys.readouterr().err.splitlines()[-1]                        # (progress bars above it)
     d = Path(cfg.out_dir) / cfg.name
     assert err.startswith(f"error: cannot write results to {d}") and "training state is kept" in err, err
     assert count_epochs == [0, 1] and not (d / "result.json").exists()
-    monkeypatch.setattr(ccdlib.runs, "atomic_write_text", orig)          # space freed: rerun
+    monkeypatch.setattr(ccdlib.run_store, "atomic_write_text", orig)          # space freed: rerun
     count_epochs.clear()
     result = run(cfg)
     assert count_epochs == [] and (d / "result.json").exists()            # saved without training again
@@ -327,13 +339,13 @@ def test_killed_training_resumes_at_the_next_epoch(mosaic_root, shared_cache, tm
     reference = run(_cfg(mosaic_root, tmp_path / "ref", shared_cache, **kw))
     cfg = _cfg(mosaic_root, tmp_path / "killed", shared_cache, **kw)
     d = Path(cfg.out_dir) / cfg.name
-    orig_save = ccdlib.runs.TrainingState.save
+    orig_save = ccdlib.training_log.TrainingState.save
 
     def save_then_kill(self, epoch, *a, **k):
         orig_save(self, epoch, *a, **k)
         if epoch == kill_after:
             raise Killed
-    monkeypatch.setattr(ccdlib.runs.TrainingState, "save", save_then_kill)
+    monkeypatch.setattr(ccdlib.training_log.TrainingState, "save", save_then_kill)
     count_epochs.clear()
     capsys.readouterr()
     with pytest.raises(Killed):
@@ -372,15 +384,15 @@ def test_saved_state_for_other_labels_or_data_is_not_used(mosaic_root, shared_ca
               data_n_test=N_TEST)
     cfg = _cfg(mosaic_root, tmp_path, shared_cache, **kw)
     d = Path(cfg.out_dir) / cfg.name
-    orig_save = ccdlib.runs.TrainingState.save
+    orig_save = ccdlib.training_log.TrainingState.save
 
     def save_then_kill(self, epoch, *a, **k):
         orig_save(self, epoch, *a, **k)
         raise Killed
-    monkeypatch.setattr(ccdlib.runs.TrainingState, "save", save_then_kill)
+    monkeypatch.setattr(ccdlib.training_log.TrainingState, "save", save_then_kill)
     with pytest.raises(Killed):
         run(cfg)
-    monkeypatch.setattr(ccdlib.runs.TrainingState, "save", orig_save)
+    monkeypatch.setattr(ccdlib.training_log.TrainingState, "save", orig_save)
     state = torch.load(d / "training" / "epoch_000.pt", weights_only=False)
     state["targets"][0, 0] = 1 - state["targets"][0, 0]                   # "trained on other pseudo-labels"
     torch.save(state, d / "training" / "epoch_000.pt")
@@ -388,10 +400,10 @@ def test_saved_state_for_other_labels_or_data_is_not_used(mosaic_root, shared_ca
     run(cfg)
     assert count_epochs == [0, 1] and "other pseudo-labels" in capsys.readouterr().out
     # --force drops a saved state
-    monkeypatch.setattr(ccdlib.runs.TrainingState, "save", save_then_kill)
+    monkeypatch.setattr(ccdlib.training_log.TrainingState, "save", save_then_kill)
     with pytest.raises(Killed):
         run(cfg, force=True)
-    monkeypatch.setattr(ccdlib.runs.TrainingState, "save", orig_save)
+    monkeypatch.setattr(ccdlib.training_log.TrainingState, "save", orig_save)
     count_epochs.clear()
     run(cfg, force=True)
     assert count_epochs == [0, 1]
@@ -450,7 +462,7 @@ def test_every_config_field_is_validated_and_named(key):
 
 def test_seed_minus_one_is_refused_by_the_cli_before_work(monkeypatch, capsys):
     for name in ("make_context", "load_data", "get_teacher"):
-        monkeypatch.setattr(ccdlib.runs, name, _boom)
+        monkeypatch.setattr(LOOKED_UP_IN[name], name, _boom)
     assert main(["run", "--set", "seed=-1"]) == 2
     assert "seed" in capsys.readouterr().err
 
@@ -470,7 +482,7 @@ def test_one_seed_seeds_and_is_recorded_as_the_students():
 
 def test_flat_params_file_typos_are_errors(tmp_path, monkeypatch, capsys):
     for name in ("make_context", "load_data", "get_teacher"):
-        monkeypatch.setattr(ccdlib.runs, name, _boom)
+        monkeypatch.setattr(LOOKED_UP_IN[name], name, _boom)
     p = tmp_path / "params.yaml"
     p.write_text("data_kind: mosaic\nteacher_arch: efficientnet-lite0\nccd_rr: 0.5\nn_examples: 4\n")
     with pytest.raises(ConfigError, match=r"ccd_rr.*did you mean 'ccd_r'"):
@@ -543,7 +555,7 @@ def test_weights_named_but_absent_fail_before_any_work(params, error, culprit, t
     error = CheckpointError if error == "CheckpointError" else error
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))   # an empty torch hub cache
     for name in ("load_data", "get_teacher"):
-        monkeypatch.setattr(ccdlib.runs, name, _boom)
+        monkeypatch.setattr(LOOKED_UP_IN[name], name, _boom)
     cfg = run_config_from_params(dict(params, teacher_device="cpu", student_device="cpu",
                                       out_dir=str(tmp_path / "r")))
     with pytest.raises(error) as e:

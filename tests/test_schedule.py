@@ -124,7 +124,7 @@ def test_few_label_split_has_k_per_class_is_seeded_and_disjoint_from_training_an
     assert len(few_label_split(y, k=0)) == 0
     # through the data loader: held out of training, never in the test split
     from ccdlib.datasets import ClassList, MultiLabelDataset
-    from ccdlib.runs import split_few_label
+    from ccdlib.inputs import split_few_label
     from ccdlib.config import DataConfig
     classes = ClassList(tuple(f"c{i}" for i in range(16)), tuple(f"c{i}" for i in range(16)))
     ds = MultiLabelDataset(name="t", image_ids=[f"i{k}" for k in range(320)],

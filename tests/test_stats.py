@@ -170,7 +170,8 @@ def test_seed_mean_sd_and_seed_averaged_scores():
 
 
 def test_test_scores_round_trip(tmp_path):
-    from ccdlib.runs import RunResult, TEST_SCORES_FILE, load_test_scores, save_test_scores
+    from ccdlib.methods import RunResult
+    from ccdlib.run_store import TEST_SCORES_FILE, load_test_scores, save_test_scores
     scores = {"gt_free": np.random.default_rng(0).random((5, 3)), "zero_shot": np.eye(5, 3)}
     res = RunResult(name="r", method="ccd", config={}, history=[], selected={}, pseudo_label_quality={}, info={},
                     seconds={}, test_scores=scores)
