@@ -52,10 +52,10 @@ reports/notebooks/%.ipynb: notebooks/%.ipynb $(PARAMS) $(STAMP)
 reproduce: setup ## run every notebook with papermill (params/default.yaml) into reports/
 	@start=$$(date +%s); rm -f $(REPORTED); \
 	$(MAKE) --no-print-directory $(REPORTED) && \
-	$(BIN)/python -m ccdlib.report --reports reports --params $(PARAMS) --seconds $$(( $$(date +%s) - start ))
+	$(BIN)/python -m ccdlib.report_index --reports reports --params $(PARAMS) --seconds $$(( $$(date +%s) - start ))
 
 report: ## rebuild reports/README.md, index.html and the HTML renderings from what is there
-	$(BIN)/python -m ccdlib.report --reports reports --params $(PARAMS)
+	$(BIN)/python -m ccdlib.report_index --reports reports --params $(PARAMS)
 
 screenshot: ## render reports/index.html in headless Chromium to reports/screenshot.png
 	bash scripts/screenshot.sh reports/index.html reports/screenshot.png

@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from ccdlib import report  # noqa: E402
+from ccdlib import report, report_index  # noqa: E402
 from ccdlib.report import PROVENANCE_KEYS, Reporter, made_by_from_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def test_with_every_key_the_caption_in_provenance_says_each_value(tmp_path):
     assert prov["table/scores"]["caption"] == (
         "Two rows. Made by: protocol shared; seeds 0,1,2; schedule 3140 steps, checkpoint every 314, CCD warm-up "
         "628; checkpoint rule none (no training); teacher conse efficientnet-lite0 (hierarchy); test images 500.")
-    report.build_index(tmp_path, render_html=False)
+    report_index.build_index(tmp_path, render_html=False)
     assert "checkpoint rule none (no training)" in (tmp_path / "README.md").read_text()
 
 

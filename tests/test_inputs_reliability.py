@@ -540,7 +540,8 @@ def test_setup_installs_from_the_lock_and_reports_record_its_hash(tmp_path):
     makefile = (ROOT / "Makefile").read_text()
     assert "--require-hashes --no-deps -r requirements.lock" in makefile
     assert "pip install --no-deps --no-build-isolation -e ." in makefile
-    from ccdlib.report import Reporter, build_index, lock_sha256, provenance
+    from ccdlib.report import Reporter, lock_sha256, provenance
+    from ccdlib.report_index import build_index
     want = hashlib.sha256((ROOT / "requirements.lock").read_bytes()).hexdigest()
     assert lock_sha256() == want and provenance()["lock_sha256"] == want
     import matplotlib

@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from ccdlib.report import Reporter, build_index, git_commit  # noqa: E402
+from ccdlib.report import Reporter, git_commit  # noqa: E402
+from ccdlib.report_index import build_index  # noqa: E402
 
 
 def _git(repo: Path, *args: str) -> str:

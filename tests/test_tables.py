@@ -309,7 +309,8 @@ def test_claims_table_and_paragraph():
 
 
 def test_claims_paragraph_opens_the_reports_readme(tmp_path):
-    from ccdlib.report import CLAIMS_FILE, Reporter, build_index
+    from ccdlib.report import CLAIMS_FILE, Reporter
+    from ccdlib.report_index import build_index
     rep = Reporter(tmp_path, notebook="04_main_table", made_by=dict(protocol="shared", seeds="0", schedule="24 steps", rule="last", teacher="conse", test_images="8"))
     rep.save_table(pd.DataFrame({"method": ["CCD"], "mAP": [50.0]}), "main_table")
     rep.save_claims("**What holds here**: CCD beats CDUL holds, +3.0 mAP [+1.0, +5.0].\n")
