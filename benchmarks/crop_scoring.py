@@ -102,7 +102,8 @@ def timed(fn, device: torch.device) -> tuple[float, np.ndarray]:
 def bench_teacher(spec: str, paths, views, n_images: int, *, batch: int, repeat: int, device: str,
                   dtype: str = "float32") -> dict:
     backend, arch = spec.split(":", 1)
-    teacher = build_teacher(TeacherConfig(backend=backend, arch=arch, pretrained=None, device=device, dtype=dtype))
+    teacher = build_teacher(TeacherConfig(backend=backend, arch=arch, pretrained=None, device=device, dtype=dtype,
+                                          conse_hierarchy=False))   # the plain teacher the README's rows timed
     dev = teacher.device
     batch = batch or auto_forward_batch(dev, teacher.image_size)
     # pre-cut and pre-resized crops for the bound (not timed)
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|" + "---|" * len(sizes))
         for spec in [s.strip() for s in args.teachers.split(",") if s.strip()]:
             backend, arch = spec.split(":", 1)
-            teacher = build_teacher(TeacherConfig(backend=backend, arch=arch, pretrained=None, device=args.device))
+            teacher = build_teacher(TeacherConfig(backend=backend, arch=arch, pretrained=None, device=args.device,
+                                                  dtype="float32", conse_hierarchy=False))
             ccdlib_batched(teacher, paths, views[:max(sizes)], max(sizes))  # warm-up
             rates = []
             for b in sizes:

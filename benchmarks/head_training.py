@@ -8,7 +8,8 @@ the scores and losses it returns), without and with the consistency loss (2 pool
   (a) main     the trainer before issue 16: ``git show <ref>:ccdlib/trainer.py`` loaded as a module (per-image
                ``np.stack`` of float16 features, the head as a conv2d, ``.item()`` per step);
   (b) ccdlib   :class:`ccdlib.trainer.StudentTrainer` (channels-last stacks, one gather + two GEMMs per view and
-               step), with ``head_dtype`` float32 (the library default) and bfloat16 (``make reproduce``);
+               step), with ``head_dtype`` float32 and bfloat16 (``make reproduce``; the library default ``auto``
+               picks it on a CPU with AVX512-BF16 or AMX);
   (c) bound    the same multiply-adds as whole-split GEMMs on the in-memory float32 ``(N*h*w, F)`` tensor: the
                forward ``X W^T`` and the weight gradient ``G^T X``, 2 GEMMs per pass, 4 with consistency; and the
                same GEMMs in bfloat16 (not the issue's bound: shown to say how far bfloat16 can go).
@@ -59,6 +60,7 @@ def load_baseline(ref: str):
 
 
 def make_trainer(cls, feats: dict[str, np.ndarray], args, **extra) -> StudentTrainer:
+    extra.setdefault("head_dtype", "float32")     # explicit: the library default is "auto" (issue 23)
     cfg = StudentConfig(trunk_weights="random", image_size=args.image_size, batch_size=args.batch, device="cpu",
                         n_aug_views=2, seed=0, **extra)
     tr = cls(cfg, [f"img{i}.jpg" for i in range(args.n)], args.classes, progress=False)

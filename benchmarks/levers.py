@@ -35,9 +35,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 #: The base configuration every lever changes (flat run parameters, ``ccdlib.run_config_from_params``).
+#: The teacher's hierarchy and both precisions are given: the levers were measured on the plain ConSE teacher in
+#: float32 (the library defaults before issue 23), and the records keep their run names.
 BASE: dict = dict(data_kind="mosaic", data_n_train=320, data_n_test=200, data_stamps="disjoint",
                   teacher_backend="conse", teacher_arch="efficientnet-lite0", student_trunk="efficientnet-lite0",
-                  student_mode="frozen", student_image_size=448, epochs=10, seed=0)
+                  student_mode="frozen", student_image_size=448, epochs=10, seed=0,
+                  teacher_conse_hierarchy=False, teacher_dtype="float32", student_head_dtype="float32")
 
 #: lever -> [(setting label, flat overrides of BASE)]. The first setting of each lever is the base itself.
 LEVERS: dict[str, list[tuple[str, dict]]] = {

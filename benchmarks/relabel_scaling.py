@@ -48,7 +48,7 @@ def _run_config(n_train: int, bench: Path, arch: str = "efficientnet-lite0"):
     from ccdlib.config import DataConfig, RunConfig, TeacherConfig
     root = bench / "mosaics" / f"s0-n{n_train}-200-448px"
     return RunConfig(method="ccd", data=DataConfig(kind="mosaic", root=str(root), n_train=n_train, n_test=200),
-                     teacher=TeacherConfig(backend="conse", arch=arch))
+                     teacher=TeacherConfig(backend="conse", arch=arch, conse_hierarchy=False, dtype="float32"))
 
 
 # --------------------------------------------------------------------------------------------- prepare

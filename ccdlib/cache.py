@@ -250,8 +250,20 @@ def load_array(path: str | os.PathLike) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
+def _entry_problem(arr: np.ndarray, shape: Sequence[int | None] | None, dtype: Any, finite: bool) -> str | None:
+    """What makes a cache entry other than expected (:meth:`ArrayCache.get`), or ``None``."""
+    if shape is not None and (arr.ndim != len(shape) or any(n not in (None, m) for n, m in zip(shape, arr.shape))):
+        return f"shape {tuple(arr.shape)}, expected {tuple('any' if n is None else int(n) for n in shape)}"
+    if dtype is not None and arr.dtype != np.dtype(dtype):
+        return f"dtype {arr.dtype}, expected {np.dtype(dtype)}"
+    if finite and arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        return f"{int(arr.size - np.isfinite(arr).sum())} NaN or infinite value(s)"
+    return None
+
+
 class ArrayCache:
-    """A folder of ``<namespace>/<hash>.npy`` arrays. ``None`` root disables caching."""
+    """A folder of ``<namespace>/<hash>.npy`` arrays. ``None`` root disables caching. :meth:`get` checks an entry
+    against what its caller expects (shape, dtype, finite values) and recomputes a damaged one (issue 23)."""
 
     def __init__(self, root: str | os.PathLike | None, namespace: str):
         self.root = None if root is None else Path(root) / namespace
@@ -261,18 +273,39 @@ class ArrayCache:
     def path(self, key: Any) -> Path | None:
         return None if self.root is None else self.root / f"{stable_hash(key)}.npy"
 
-    def get(self, key: Any) -> np.ndarray | None:
+    def get(self, key: Any, *, shape: Sequence[int | None] | None = None, dtype: Any = None, finite: bool = False,
+            check: Callable[[np.ndarray], str | None] | None = None) -> np.ndarray | None:
+        """The entry stored under ``key``, or ``None`` (absent: the caller computes it and stores it with :meth:`put`).
+
+        An entry that cannot be read, or is readable but not what the caller expects (issue 23: a NaN or
+        wrong-shape entry was trusted, and stayed), is a miss too: a warning names the file and why, and the file
+        is deleted, so the recomputed value replaces it. Expected: ``shape`` (``None`` entries match any length),
+        ``dtype``, ``finite`` (no NaN or inf), and ``check(arr)`` returning what is wrong, or ``None``."""
         p = self.path(key)
         if p is None or not p.exists():
             self.misses += 1
             return None
         try:
             arr = load_array(p)
-        except (ValueError, OSError, EOFError):  # unreadable: treat as absent, recompute
-            self.misses += 1
+        except (ValueError, OSError, EOFError) as e:  # unreadable: treat as absent, recompute
+            self._discard(p, f"unreadable: {type(e).__name__}: {str(e)[:120]}",
+                          delete=not (isinstance(e, OSError) and e.errno is not None))   # not a permission error
+            return None
+        problem = _entry_problem(arr, shape, dtype, finite) or (check(arr) if check is not None else None)
+        if problem:
+            self._discard(p, problem)
             return None
         self.hits += 1
         return arr
+
+    def _discard(self, p: Path, why: str, *, delete: bool = True) -> None:
+        import warnings
+        self.misses += 1
+        warnings.warn(f"cache entry {p} is damaged ({why}): {'deleted and ' if delete else ''}recomputed",
+                      UserWarning, stacklevel=3)
+        if delete:
+            with contextlib.suppress(OSError):   # a read-only shared cache: recomputed, the entry stays
+                p.unlink()
 
     def put(self, key: Any, array: np.ndarray) -> None:
         """Store ``array``; a cache folder that cannot be written is a :class:`~ccdlib.errors.ConfigError` naming it."""

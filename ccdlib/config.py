@@ -32,13 +32,17 @@ METHODS = ("teacher_global", "cdul", "ccd", "supervised")
 @dataclass(frozen=True)
 class DataConfig:
     """Which data set. ``kind``: ``mosaic`` (embedded default), ``voc``/``voc2007``/``voc2012``, ``coco``/``coco2014``,
-    ``nuswide``. ``root``: the data set's folder (mosaic: where to build it; default under the cache)."""
+    ``nuswide``. ``root``: the data set's folder (mosaic: where to build it; default under the cache).
+    ``classes``: a class-list file (id -> prompt name; its order the label columns). VOC layout: every annotated class
+    (a set of your own); COCO / NUS-WIDE: a subset of the categories / concepts by name, the others' labels dropped.
+    A class the data lacks is a ``DatasetError`` naming it; refused for ``mosaic`` (its set has its ``classes.yaml``).
+    A leading ``~`` in ``root`` / ``classes`` is the home folder (``os.path.expanduser``, at construction)."""
 
     kind: str = "mosaic"
     root: str | None = None
     train_split: str = "train"
     test_split: str = "test"
-    classes: str | None = None      # class-list file for a VOC-layout data set of your own
+    classes: str | None = None      # class-list file: a VOC-layout set of your own, or a COCO / NUS-WIDE subset
     n_train: int = 400              # mosaic only
     n_test: int = 200               # mosaic only
     mosaic_seed: int = 0            # mosaic only
@@ -73,6 +77,11 @@ class DataConfig:
         for name in ("root", "classes"):
             if getattr(self, name) is not None and not str(getattr(self, name)).strip():
                 raise ConfigError(f"data.{name} must be null or a path, got an empty string")
+            object.__setattr__(self, name, _expand_home(f"data.{name}", getattr(self, name)))   # issue 23
+        if self.classes is not None and self.kind == "mosaic":   # issue 23: was ignored, yet entered the run name
+            raise ConfigError(f"data.classes ({self.classes}) applies to the voc, coco and nuswide kinds, not to "
+                              f"data.kind='mosaic' (a mosaic set carries its own classes.yaml): set data.classes "
+                              f"to null")
 
 
 @dataclass(frozen=True)
@@ -199,7 +208,11 @@ class CDULConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One run of one method. ``method``: ``teacher_global`` | ``cdul`` | ``ccd`` | ``supervised``."""
+    """One run of one method. ``method``: ``teacher_global`` | ``cdul`` | ``ccd`` | ``supervised``.
+
+    Paths (``out_dir``, ``cache_dir``, ``data.root``, ``data.classes``, ``teacher.pretrained``,
+    ``student.trunk_weights``): a leading ``~`` is the home folder, expanded when the config is built (issue 23:
+    ``out_dir=~/x`` made a folder named ``~``); other values are kept as given (relative: to the current folder)."""
 
     method: str = "ccd"
     steps: int = 3140               # training budget in optimiser steps, the same for every method: the released
@@ -241,6 +254,11 @@ class RunConfig:
         if (self.method == "ccd" and self.ccd.local_views and self.epochs is not None
                 and self.ccd.warmup_epochs is not None and self.ccd.warmup_epochs >= self.epochs):
             raise ConfigError(f"ccd.warmup_epochs ({self.ccd.warmup_epochs}) must be < epochs ({self.epochs})")
+        c = self.cdul   # issue 23: CDUL aligning 0 times is refused as CCD's warm-up is (exact check: schedule.py)
+        if self.method == "cdul" and c.gradient_alignment and c.ga_warmup is None and c.ga_every is None \
+                and self.epochs is None and c.ga_warmup_steps >= self.steps:
+            raise ConfigError(f"cdul.ga_warmup_steps ({c.ga_warmup_steps}) must be < steps ({self.steps}): CDUL would "
+                              f"run no gradient alignment; lower it, raise steps or set cdul.gradient_alignment=false")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 32:
             raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         if not str(self.out_dir).strip():
@@ -254,6 +272,14 @@ class RunConfig:
         if self.teacher.backend == "conse" and self.teacher.arch not in ("efficientnet-lite0", "efficientnet-lite2"):
             raise ConfigError(f"teacher.arch must be 'efficientnet-lite0' or 'efficientnet-lite2' for the conse "
                               f"backend, got {self.teacher.arch!r}")
+        for name in ("out_dir", "cache_dir"):      # issue 23: '~' is the home folder
+            object.__setattr__(self, name, _expand_home(name, getattr(self, name)))
+        pre, weights = _expand_home("teacher.pretrained", self.teacher.pretrained), \
+            _expand_home("student.trunk_weights", self.student.trunk_weights)
+        if pre is not self.teacher.pretrained:
+            object.__setattr__(self, "teacher", dataclasses.replace(self.teacher, pretrained=pre))
+        if weights is not self.student.trunk_weights:
+            object.__setattr__(self, "student", dataclasses.replace(self.student, trunk_weights=weights))
         # One seed (issue 11): ``seed`` seeds the student too, and the recorded config says so (a config file or
         # --set giving both, differently, is refused in config_from_dict; replace(cfg, seed=s) moves both).
         if self.student.seed != self.seed:
@@ -272,6 +298,23 @@ class RunConfig:
         if self.tag:
             parts.insert(0, self.tag)
         return "_".join(str(p).replace("/", "-") for p in parts)
+
+
+def _expand_home(name: str, value: Any) -> Any:
+    """A path value starting with ``~`` with the home folder expanded (``os.path.expanduser``); any other value,
+    ``None`` and a value without a leading ``~`` unchanged (the run name hashes them). A ``~user`` that names no
+    user is a :class:`ConfigError` naming the field (it would become a folder literally named so)."""
+    import os
+    if not isinstance(value, (str, os.PathLike)):
+        return value
+    text = os.fspath(value)
+    if not isinstance(text, str) or not text.startswith("~"):
+        return value
+    expanded = os.path.expanduser(text)
+    if expanded.startswith("~"):
+        raise ConfigError(f"{name}: cannot expand {text!r}: no such user or no home folder (give the folder in "
+                          f"full)")
+    return expanded if isinstance(value, str) else Path(expanded)
 
 
 def _check_finite(cfg: Any, prefix: str) -> None:

@@ -95,9 +95,9 @@ def make_context(cfg: RunConfig, *, data: tuple[MultiLabelDataset, ...] | None =
         data = load_splits(cfg.data, cache_dir=cache_dir, seed=cfg.seed)
     train, test = data[0], data[1]
     val = data[2] if len(data) > 2 else None
-    check_splits(train, test)
+    check_splits(train, test, val)   # test vs the whole training split, few-label images included
     stats = {"train": file_fingerprints(train.image_paths), "test": file_fingerprints(test.image_paths)}
-    inputs = input_fingerprint(train, test, file_stats=stats)
+    inputs = input_fingerprint(train, test, val=val, file_stats=stats)
     with cache_location(cache_dir):   # the ConSE text cache goes there too
         teacher = get_teacher(cfg.teacher)
     classifier = teacher.text_classifier(train.prompt_names, cfg.teacher.templates)

@@ -117,8 +117,8 @@ def extract_features(student: CAMStudent, image_paths: Sequence[str | Path], *, 
                 if _parse_view(v) is not None:
                     key.update(seed=seed, indices=[idx[0], idx[-1]])
                 keys[v] = key
-                arr = cache.get(key)
-                if arr is not None and arr.shape[0] == len(idx) and arr.shape[2:] == (side, side):
+                arr = cache.get(key, shape=(len(idx), student.feature_dim, side, side), dtype=np.float16, finite=True)
+                if arr is not None:
                     out[v][idx[0]:idx[-1] + 1] = arr
                     stats.chunks_cached += 1
                     if bar is not None:

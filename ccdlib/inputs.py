@@ -26,7 +26,7 @@ def load_data(cfg: DataConfig, *, cache_dir: str | Path | None = None, seed: int
         train, test = embedded_dataset("train", **kw), embedded_dataset("test", **kw)
     else:
         from .readers import load_dataset
-        extra = {"classes": cfg.classes} if cfg.classes and cfg.kind.startswith("voc") else {}
+        extra = {"classes": cfg.classes} if cfg.classes else {}   # VOC, COCO and NUS-WIDE readers (issue 23)
         train = load_dataset(cfg.kind, cfg.root, cfg.train_split, **extra)
         test = load_dataset(cfg.kind, cfg.root, cfg.test_split, **extra)
         test = align_split_classes(train, test)   # COCO: each file numbers its own categories (issue 17)
@@ -45,7 +45,8 @@ def split_few_label(train: MultiLabelDataset, cfg: DataConfig) -> tuple[MultiLab
     from .selection import few_label_split
     if not cfg.few_label_k:
         return train, None
-    held = few_label_split(train.labels, k=cfg.few_label_k, seed=cfg.few_label_seed)
+    held = few_label_split(train.labels, k=cfg.few_label_k, seed=cfg.few_label_seed,
+                           class_names=train.class_ids)   # warns of classes left short (issue 23)
     if not len(held) or len(held) >= len(train):
         return train, None
     keep = np.setdiff1d(np.arange(len(train)), held)
@@ -78,10 +79,12 @@ def _check_student_weights(cfg: RunConfig) -> None:
         raise CheckpointError(f"student.trunk_weights: {e}") from None
 
 
-def check_splits(train: MultiLabelDataset, test: MultiLabelDataset) -> None:
+def check_splits(train: MultiLabelDataset, test: MultiLabelDataset, val: MultiLabelDataset | None = None) -> None:
     """What a run needs of its splits, checked before any work (issue 11): at least 2 classes (a softmax over one
     class is always 1); a test split without any labelled object is allowed (an annotation-free method trains
-    and labels without it) but its metrics are NaN and the ``gt_best`` rule is skipped, which is warned."""
+    and labels without it) but its metrics are NaN and the ``gt_best`` rule is skipped, which is warned.
+    ``val``: the few-label split held out of ``train`` (:func:`load_splits`' third split): the test split is
+    compared with the whole training split, ``train`` and ``val`` together (issue 23)."""
     import warnings
     from .errors import DatasetError
     if train.num_classes < 2:
@@ -89,7 +92,7 @@ def check_splits(train: MultiLabelDataset, test: MultiLabelDataset) -> None:
                            f"at least 2 classes (the teacher's softmax over one class is always 1)")
     if tuple(train.class_ids) != tuple(test.class_ids):   # issue 17: else a shape mismatch at the first evaluation
         raise DatasetError(_class_mismatch(train, test))
-    _check_measurable(train, test)
+    _check_measurable(train, test, val)
     if not np.asarray(test.labels).any():
         warnings.warn(f"test split {test.name} has no labelled object: the run trains, labels and saves, but its "
                       f"test metrics are NaN and the gt_best checkpoint rule (best test mAP) is skipped", stacklevel=3)
@@ -158,10 +161,13 @@ def align_split_classes(train: MultiLabelDataset, test: MultiLabelDataset) -> Mu
                              meta=meta)
 
 
-def _check_measurable(train: MultiLabelDataset, test: MultiLabelDataset) -> None:
+def _check_measurable(train: MultiLabelDataset, test: MultiLabelDataset, val: MultiLabelDataset | None = None
+                      ) -> None:
     """Issue 17: a test split that cannot measure anything. Fewer than 2 images (a mAP over one image is 100 or 0)
     and a test split holding exactly the training images are :class:`~ccdlib.errors.DatasetError`; a partial
-    overlap (the same image files) is warned, naming the first ids and the count. Image ids are not compared: a
+    overlap (the same image files) is warned, naming the first ids and the count. The training images are those of
+    ``train`` and of the few-label split ``val`` held out of it (issue 23: without ``val``, a test split equal to the
+    training split looked like a partial overlap whenever ``data.few_label_k`` > 0). Image ids are not compared: a
     VOC / NUS-WIDE id names one file under its root (the paths say it), and COCO-format files that each number
     their images from 1 name different images in their own split folders."""
     import os
@@ -175,26 +181,33 @@ def _check_measurable(train: MultiLabelDataset, test: MultiLabelDataset) -> None
     def norm(p) -> str:
         return os.path.normpath(os.path.abspath(os.fspath(p)))
     train_paths = {norm(p) for p in train.image_paths}
+    if val is not None:
+        train_paths |= {norm(p) for p in val.image_paths}
     shared = [i for i, p in zip(test.image_ids, test.image_paths) if norm(p) in train_paths]
     if not shared:
         return
-    if len(shared) == len(test) == len(train):
-        raise DatasetError(f"the test split {_split_source(test)} and the training split {_split_source(train)} hold "
-                           f"the same {len(test)} images (e.g. {', '.join(test.image_ids[:5])}): a test split must "
-                           f"hold images the student did not train on (check data.train_split / data.test_split)")
+    where = _split_source(train) + (f" with its {len(val)} few-label images {val.name}" if val is not None else "")
+    if len(shared) == len(test) == len(train_paths):
+        raise DatasetError(f"the test split {_split_source(test)} and the training split {where} hold the same "
+                           f"{len(test)} images (e.g. {', '.join(test.image_ids[:5])}): a test split must hold "
+                           f"images the student did not train on (check data.train_split / data.test_split)")
     warnings.warn(f"{len(shared)} of the {len(test)} test images of {_split_source(test)} are also in the training "
-                  f"split {_split_source(train)} (e.g. {', '.join(shared[:5])}): test metrics on them measure "
-                  f"memorisation, not generalisation", UserWarning, stacklevel=3)
+                  f"split {where} (e.g. {', '.join(shared[:5])}): test metrics on them measure memorisation, not "
+                  f"generalisation", UserWarning, stacklevel=3)
 
 
-def input_fingerprint(train: MultiLabelDataset, test: MultiLabelDataset, *,
+def input_fingerprint(train: MultiLabelDataset, test: MultiLabelDataset, *, val: MultiLabelDataset | None = None,
                       file_stats: dict[str, list] | None = None) -> dict[str, dict[str, str]]:
     """What a run's results depend on in its data, per split: ``ids`` (the split file), ``classes`` (class ids and
     prompt names: the class list), ``labels`` (labels, difficult flags, boxes: the annotations) and ``images``
     (each image's size and mtime, :func:`~ccdlib.cache.file_fingerprints`; pass ``file_stats``, split -> those
-    fingerprints, when they are at hand). Hashes (16 hex digits)."""
+    fingerprints, when they are at hand). Hashes (16 hex digits). ``val``: the few-label split held out of the
+    training split (``data.few_label_k``), fingerprinted as ``few_label`` (its labels pick the few-label rule's
+    checkpoint)."""
     out = {}
-    for split, ds in (("train", train), ("test", test)):
+    for split, ds in (("train", train), ("test", test), ("few_label", val)):
+        if ds is None:
+            continue
         fps = (file_stats or {}).get(split) or file_fingerprints(ds.image_paths)
         boxes = None if ds.boxes is None else [np.asarray(b) for b in ds.boxes]
         out[split] = {
@@ -207,10 +220,12 @@ def input_fingerprint(train: MultiLabelDataset, test: MultiLabelDataset, *,
 
 
 def _changed_inputs(old: dict | None, new: dict) -> list[str]:
-    """``["test labels", "train images", ...]``: the parts of two :func:`input_fingerprint` that differ."""
+    """``["test labels", "train images", ...]``: the parts of two :func:`input_fingerprint` that differ. A split
+    the old record lacks is not compared: results saved before the few-label split was fingerprinted are reused as
+    they were."""
     if not old:
         return ["not recorded"]
-    return [f"{split} {part}" for split in new for part in new[split]
+    return [f"{split} {part}" for split in new if split in old for part in new[split]
             if (old.get(split) or {}).get(part) != new[split][part]]
 
 

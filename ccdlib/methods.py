@@ -24,6 +24,7 @@ from .label_update import classifier_guided_label_update
 from .metrics import evaluate
 from .pseudolabels import (ccd_initial_pseudo_labels, cdul_bernoulli_alignment_update, cdul_gradient_alignment_update,
                            cdul_initial_pseudo_labels)
+from .run_setup import precision_info
 from .schedule import Schedule, training_schedule
 from .selection import resolve_scoring, scores_from_logits, select_checkpoints
 from .student import alpha_for
@@ -93,7 +94,8 @@ def _finish(ctx: Context, log: TrainingLog | None, *, method: str, stages: dict[
     info = {**info, "class_ids": list(ctx.train.class_ids), "prompt_names": list(ctx.train.prompt_names),
             "n_train": len(ctx.train), "n_test": len(ctx.test), "n_few_label": 0 if ctx.val is None else len(ctx.val),
             "few_label_ids": [] if ctx.val is None else list(ctx.val.image_ids),
-            "feature_dim": None if log is None else log.trainer.student.feature_dim}
+            "feature_dim": None if log is None else log.trainer.student.feature_dim,
+            "precision": precision_info(ctx.cfg, ctx.teacher, None if log is None else log.trainer)}   # issue 23
     return RunResult(name=ctx.cfg.name, method=method, config=config_to_dict(ctx.cfg),
                      history=[] if log is None else log.history, selected=selected, pseudo_label_quality=quality,
                      info=info, seconds=seconds, test_scores=scores, states=states,

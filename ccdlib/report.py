@@ -45,7 +45,8 @@ def made_by_from_params(params: dict | None) -> dict:
     ``protocol``: the mosaic's stamp protocols joined by ``+`` (``stamp_protocols``, notebook 04) or its
     ``data_stamps`` (default ``disjoint``), or the ``data_kind`` of a real data set (``voc2007``). ``seeds``: the
     training seeds (``seeds``, else ``seed``). ``schedule``: ``steps``/``eval_every_steps``/``ccd_warmup_steps``,
-    or ``epochs`` when set. ``teacher``: backend and arch (``(hierarchy)``: hierarchy-aware ConSE).
+    or ``epochs`` when set. ``teacher``: backend and arch (``(hierarchy)``: hierarchy-aware ConSE, the default unless
+    ``teacher_conse_hierarchy`` is false).
     ``test_images``: ``data_n_test`` for the mosaic (a notebook overwrites it with ``len(ctx.test)``); real data
     sets: ``None`` until the notebook sets it. ``rule`` is never derived: each notebook says which it reads.
     """
@@ -71,8 +72,8 @@ def made_by_from_params(params: dict | None) -> dict:
         schedule = None
     backend, arch = p.get("teacher_backend"), p.get("teacher_arch")
     if backend and arch:
-        teacher = f"{backend} {arch}" + (" (hierarchy)" if p.get("teacher_conse_hierarchy") and backend == "conse"
-                                         else "")
+        hierarchy = p.get("teacher_conse_hierarchy")   # unset or null: on for ConSE (TeacherConfig's default)
+        teacher = f"{backend} {arch}" + (" (hierarchy)" if backend == "conse" and hierarchy is not False else "")
     else:
         teacher = None
     test_images = str(p["data_n_test"]) if mosaic and p.get("data_n_test") is not None else None

@@ -104,6 +104,8 @@ def _pid_alive(pid: int, started: float | None = None) -> bool:
     """Whether process ``pid`` of this machine still runs (and, on Linux, was not started after ``started``: a
     reused pid is another process)."""
     import os
+    if not _valid_pid(pid):   # 0 or -1 would signal a process group (always "alive"), 10**30 overflows os.kill
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -133,7 +135,12 @@ def _read_run_lock(lock: Path) -> dict | None:
         return None
     except (OSError, ValueError):
         return {}
-    return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else {}
+    return holder if isinstance(holder, dict) and _valid_pid(holder.get("pid")) else {}
+
+
+def _valid_pid(pid: object) -> bool:
+    """A pid :func:`os.kill` can take: a positive int of ``pid_t`` range (a lock holding another is damaged)."""
+    return isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2 ** 31
 
 
 def acquire_run_lock(run_dir: str | Path, *, name: str = "") -> Path:
@@ -142,7 +149,9 @@ def acquire_run_lock(run_dir: str | Path, *, name: str = "") -> Path:
     naming that process (pid, host, start) and the lock file: the same run started twice into one ``out_dir`` would
     otherwise resume from the first one's live training state and overwrite its results. A stale lock (its process
     is gone: a dead pid on this machine, or an unreadable lock older than a minute) is taken over with a warning
-    saying so. A lock from another machine is never taken over (its pid cannot be checked from here)."""
+    saying so. A lock from another machine is never taken over (its pid cannot be checked from here). A lock whose
+    pid is not a valid pid (``0``, negative, ``10**30``) is unreadable. A lock that cannot be written (a full disk)
+    is removed again and is an ``OutputError`` "cannot write results to ..." (issue 23)."""
     import os
     import socket
     import warnings
@@ -185,9 +194,13 @@ def acquire_run_lock(run_dir: str | Path, *, name: str = "") -> Path:
         except OSError as e:
             raise OutputError(f"cannot write results to {run_dir}: cannot create {lock}: {e.strerror or e}") from None
         now = time.time()
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": host, "started": now,
-                       "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)), "run": name}, f)
+        try:   # a full disk fails here: remove the empty lock, or a rerun is refused as "already running" (issue 23)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": host, "started": now,
+                           "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)), "run": name}, f)
+        except OSError as e:
+            lock.unlink(missing_ok=True)
+            raise OutputError(f"cannot write results to {run_dir}: cannot write {lock}: {e.strerror or e}") from None
         return lock
     raise OutputError(f"cannot take the lock {lock}: other processes keep taking it")
 

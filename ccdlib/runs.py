@@ -14,6 +14,7 @@ from .config import RunConfig
 from .context import Context, check_inputs_unchanged, make_context
 from .inputs import _changed_inputs, check_splits, check_writable, input_fingerprint, load_splits
 from .methods import RUNNERS
+from .run_setup import setup_line
 from .run_store import _jsonify, acquire_run_lock, load_result, load_test_scores, release_run_lock, save_result
 from .training_log import discard_training_state
 
@@ -65,10 +66,10 @@ def _run_unlocked(cfg: RunConfig, *, ctx: Context | None = None, force: bool = F
         if ctx is None:
             cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
             data = load_splits(cfg.data, cache_dir=cache_dir, seed=cfg.seed)
-            check_splits(data[0], data[1])
-            inputs = input_fingerprint(data[0], data[1])
+            check_splits(*data)     # (train, test, val): val is part of the training split
+            inputs = input_fingerprint(data[0], data[1], val=data[2])
         else:
-            inputs = ctx.inputs or input_fingerprint(ctx.train, ctx.test)
+            inputs = ctx.inputs or input_fingerprint(ctx.train, ctx.test, val=ctx.val)
         old = load_result(out)
         changed = _changed_inputs((old.get("info") or {}).get("inputs"), inputs)
         if not changed:
@@ -78,7 +79,8 @@ def _run_unlocked(cfg: RunConfig, *, ctx: Context | None = None, force: bool = F
     ctx = ctx if ctx is not None else make_context(cfg, data=data)
     if not ctx.inputs:                       # a Context built by hand
         stats = {k: file_fingerprints(ctx.split(k).image_paths) for k in ("train", "test")}
-        ctx = replace(ctx, inputs=input_fingerprint(ctx.train, ctx.test, file_stats=stats), file_stats=stats)
+        ctx = replace(ctx, inputs=input_fingerprint(ctx.train, ctx.test, val=ctx.val, file_stats=stats),
+                      file_stats=stats)
     rank, world = rank_and_world()
     state_dir = out / "training" if (save or world > 1) else None
     if force and save and rank == 0:
@@ -86,6 +88,8 @@ def _run_unlocked(cfg: RunConfig, *, ctx: Context | None = None, force: bool = F
     if force and world > 1:
         torch.distributed.barrier()
     ctx = replace(ctx, state_dir=state_dir, write_state=save and rank == 0)
+    if rank == 0:   # issue 23: which teacher, precision and schedule this run uses, before its work
+        print(setup_line(cfg, len(ctx.train), ctx.teacher), flush=True)
     result = RUNNERS[cfg.method](cfg, ctx)
     check_inputs_unchanged(ctx)
     result.info["inputs"] = ctx.inputs

@@ -97,7 +97,9 @@ def training_schedule(cfg, n_train: int, *, batch_size: int | None = None) -> Sc
       least one pass after the update;
     - CDUL alignment: with ``epochs``, ``cdul.ga_every`` or ``cdul.ga_warmup`` given (epochs), the reproduction's
       rule ``(e + 1) > ga_warmup and (e + 1) % ga_every == 0`` (unset: 0 and 10, its ``config.yaml``); else pass ``p`` aligns when it contains step ``m * ga_every_steps`` for some
-      ``m`` with ``m * ga_every_steps > ga_warmup_steps`` (on VOC12 at batch 8 both give the same epochs).
+      ``m`` with ``m * ga_every_steps > ga_warmup_steps`` (on VOC12 at batch 8 both give the same epochs). A warm-up
+      (``ga_warmup`` / ``ga_warmup_steps``) that leaves no alignment in the run is a ``ConfigError``, as CCD's is
+      (issue 23); ``cdul.gradient_alignment=false`` is the way to run CDUL without alignment.
     """
     from .errors import ConfigError
     if n_train < 1:
@@ -132,4 +134,14 @@ def training_schedule(cfg, n_train: int, *, batch_size: int | None = None) -> Sc
             aligned = tuple(p for p in range(passes)
                             if any(m * e > c.ga_warmup_steps
                                    for m in range(p * s // e + 1, (p + 1) * s // e + 1)))
+            if not aligned:   # issue 23: CDUL aligning 0 times, refused as CCD's warm-up is
+                raise ConfigError(
+                    f"CDUL would run no gradient alignment: cdul.ga_warmup_steps ({c.ga_warmup_steps}) and "
+                    f"cdul.ga_every_steps ({c.ga_every_steps}) leave no alignment step in the run's {passes * s} "
+                    f"steps ({passes} passes of {s}; steps={cfg.steps}): lower cdul.ga_warmup_steps / "
+                    f"cdul.ga_every_steps, raise steps, or set cdul.gradient_alignment=false")
+        if c.ga_warmup is not None and c.ga_warmup >= passes:
+            raise ConfigError(f"CDUL would run no gradient alignment: cdul.ga_warmup ({c.ga_warmup} epochs) must be "
+                              f"< the run's {passes} passes (epochs={cfg.epochs}, steps={cfg.steps}): lower "
+                              f"cdul.ga_warmup, raise epochs, or set cdul.gradient_alignment=false")
     return Schedule(steps_per_pass=s, passes=passes, eval_passes=evals, warmup_passes=warmup, align_passes=aligned)

@@ -152,7 +152,7 @@ def embed_views(teacher: Teacher, image_paths: Sequence[str | Path], views: Sequ
         for c in my_chunks:
             chunk = views[c * chunk_size:(c + 1) * chunk_size]
             key = {"teacher": tfp, "views": [(fp(v.image), v.key()[1]) for v in chunk]}
-            arr = cache.get(key)
+            arr = cache.get(key, shape=(len(chunk), None), dtype=np.float32, finite=True)   # damaged: recomputed
             if arr is None:
                 parts = []
                 group = batch_size * -(-CUT_GROUP // batch_size)  # a multiple of batch_size, >= CUT_GROUP

@@ -32,13 +32,21 @@ RULE_KEYS = {"oracle": "gt_best", "last": "last", "gt_free": "gt_free", "few_lab
 SCORINGS = ("reference", "sigmoid", "softmax")
 
 
-def few_label_split(labels: np.ndarray, *, k: int = 2, seed: int = 0, max_fraction: float = 0.15) -> np.ndarray:
+def few_label_split(labels: np.ndarray, *, k: int = 2, seed: int = 0, max_fraction: float = 0.15,
+                    class_names: Sequence[str] | None = None) -> np.ndarray:
     """Indices of a few-label validation split: for each class, rarest first, add randomly chosen images holding it
     until the split holds ``k`` positives of it (or all its images are taken), capped at
     ``ceil(max_fraction * N)`` images. ``labels (N, C)`` binary -> sorted ``(M,)`` int64 indices (seeded).
 
     The caller removes them from training; every method sees the same split (it depends on the data and
-    ``seed`` only, not on the training seed)."""
+    ``seed`` only, not on the training seed).
+
+    Small sets (issue 23): an image whose removal would leave some class without any training image is never
+    taken (the next candidate is tried), and a class that ends with fewer than ``k`` held-out positives is
+    warned (``UserWarning`` naming it, with ``class_names`` when given: ``name (held/k of its n images)``). A class
+    without any positive is not named here (the readers warn of it). The draws are those of the split without
+    the check (one seeded permutation per class in need): the indices differ from it only where it would have
+    taken a class's last training image (never on the embedded default study, tests/test_inputs_issue23_data.py)."""
     y = np.asarray(labels) > 0
     n, c = y.shape
     if k <= 0 or n == 0:
@@ -47,17 +55,51 @@ def few_label_split(labels: np.ndarray, *, k: int = 2, seed: int = 0, max_fracti
     rng = np.random.default_rng(seed)
     chosen: list[int] = []
     taken = np.zeros(n, dtype=bool)
+    left = y.sum(0)                       # training images per class (after removing the chosen ones)
+    kept_last: set[int] = set()           # classes whose last training image was not taken
     for cls in np.argsort(y.sum(0), kind="stable"):
         need = k - int(y[taken, cls].sum())
         if need <= 0:
             continue
         cand = np.flatnonzero(y[:, cls] & ~taken)
-        for i in rng.permutation(cand)[:need]:
-            if len(chosen) >= cap:
+        for i in rng.permutation(cand):   # one permutation per class in need, as before: the same draws
+            if need <= 0 or len(chosen) >= cap:
                 break
+            last = np.flatnonzero(y[i] & (left <= 1))
+            if len(last):                 # the last training image of these classes: keep it for training
+                kept_last.update(int(j) for j in last)
+                continue
             chosen.append(int(i))
             taken[i] = True
+            left -= y[i]
+            need -= 1
+    _warn_short_classes(y, taken, k=k, cap=cap, capped=len(chosen) >= cap, kept_last=kept_last,
+                        class_names=class_names)
     return np.asarray(sorted(chosen), dtype=np.int64)
+
+
+def _warn_short_classes(y: np.ndarray, taken: np.ndarray, *, k: int, cap: int, capped: bool, kept_last: set[int],
+                        class_names: Sequence[str] | None) -> None:
+    """The ``UserWarning`` of :func:`few_label_split` for classes with fewer than ``k`` held-out positives."""
+    import warnings
+    total, held = y.sum(0), y[taken].sum(0)
+    short = [j for j in range(y.shape[1]) if 0 < total[j] and held[j] < k]
+    if not short:
+        return
+
+    def name(j: int) -> str:
+        return str(class_names[j]) if class_names is not None else f"class {j}"
+    why = []
+    if kept_last:
+        why.append(f"a class's last training image is never taken (kept for training: "
+                   f"{', '.join(name(j) for j in sorted(kept_last))})")
+    if capped:
+        why.append(f"the split is capped at {cap} images (ceil(max_fraction * N))")
+    warnings.warn(f"few-label split: {len(short)} class(es) hold fewer than k={k} labelled images: "
+                  f"{', '.join(f'{name(j)} ({held[j]}/{k} of its {total[j]} images)' for j in short)}"
+                  f"{': ' + '; '.join(why) if why else ''}. Their few-label validation mAP rests on fewer images "
+                  f"(the few_label checkpoint rule is noisier); use a larger training split or a smaller "
+                  f"data.few_label_k", UserWarning, stacklevel=3)
 
 
 def select_checkpoints(train_map: Sequence[float], test_map: Sequence[float],

@@ -196,9 +196,10 @@ def _cached_interval(cache_dir: str | Path | None, kind: str, arrays: Sequence[n
     key = {"format": 1, "kind": kind, "numpy": np.__version__, "scipy": scipy.__version__, **params,
            "arrays": [np.asarray(a, dtype=np.float64) for a in arrays]}
     cache = ArrayCache(cache_dir, "bootstrap")
-    packed = cache.get(key)
     n_resamples, n = int(params["n_resamples"]), int(np.shape(arrays[0])[0])
-    if packed is not None and packed.shape == (4 + n_resamples,) and 0 <= packed[3] < len(_METHOD_CODES):
+    packed = cache.get(key, shape=(4 + n_resamples,), dtype=np.float64,   # NaN resamples are legitimate
+                       check=lambda a: None if 0 <= a[3] < len(_METHOD_CODES) else f"method code {a[3]}")
+    if packed is not None:
         dist = np.array(packed[4:])
         dist.setflags(write=False)
         return Interval(float(packed[0]), float(packed[1]), float(packed[2]), float(params["confidence"]),

@@ -60,7 +60,9 @@ import torch.nn as nn
 from PIL import Image
 
 from .cache import atomic_write_bytes, atomic_write_text
+from .checkpoint_pair import check_pair, state_tag, tag_state, weights_sha256
 from .errors import CheckpointError, ConfigError
+from .precision import resolve_precision
 
 __all__ = [
     "TRUNKS",
@@ -87,7 +89,7 @@ RESNET_WEIGHT_FILES: dict[str, tuple[str, str]] = {
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _FEATURE_FORMAT = 1      # bump when the feature extraction procedure changes: old cache entries are ignored
-_CHECKPOINT_FORMAT = 1
+_CHECKPOINT_FORMAT = 2   # 2: the .pt and its .json tied to each other (ccdlib.checkpoint_pair, issue 23)
 _JITTER = 0.5            # ColorJitter(brightness, contrast, saturation, hue) = 0.5 each (method.md §6.5)
 
 # Seed-stream tags: every random draw is ``SeedSequence([seed, tag, ...])`` so streams never collide.
@@ -146,7 +148,9 @@ class StudentConfig:
         seed: seeds the head initialisation, shuffles, flips and the choice of augmented view per step (finetune
             mode: the augmentations themselves; frozen mode: see ``aug_pool_seed``).
         head_dtype: frozen mode: the precision of the training step's two head GEMMs (forward ``X W^T`` and the
-            weight gradient). ``"float32"`` (default): float32 feature stacks. ``"bfloat16"``: the stacks held in
+            weight gradient). ``"auto"`` (default): ``"bfloat16"`` where the device runs it natively, else
+            ``"float32"`` (:mod:`ccdlib.precision`; finetune mode: float32), resolved when the trainer is built
+            (:meth:`resolved_head_dtype`). ``"float32"``: float32 feature stacks. ``"bfloat16"``: the stacks held in
             bfloat16 and both GEMMs run in bfloat16 with float32 accumulation (mixed precision: the head's weights,
             Adam's state, the CAM pooling and the losses stay float32; evaluation, CAMs and crops stay float32).
             On a CPU with AVX512-BF16 (or a GPU) the step is ~2x faster and the stacks take half the memory; on a
@@ -169,7 +173,7 @@ class StudentConfig:
     device: str = "auto"
     seed: int = 0
     alpha_schedule: str = "released"  # "released": coeff from epoch 0 (train.py 343-345) | "warmup": 1 in epoch 0
-    head_dtype: str = "float32"       # frozen mode's training GEMMs: "float32" | "bfloat16" (mixed precision)
+    head_dtype: str = "auto"          # frozen mode's training GEMMs: "auto" | "float32" | "bfloat16" (mixed precision)
 
     def __post_init__(self) -> None:
         if self.trunk not in TRUNKS:
@@ -193,9 +197,9 @@ class StudentConfig:
             raise ConfigError(f"student.consistency_weight must be a finite number >= 0, got {w!r}")
         if self.alpha_schedule not in ("released", "warmup"):
             raise ConfigError(f"student.alpha_schedule must be 'released' or 'warmup', got {self.alpha_schedule!r}")
-        if self.head_dtype not in HEAD_DTYPES:
-            raise ConfigError(f"student.head_dtype must be one of {list(HEAD_DTYPES)}, got {self.head_dtype!r}")
-        if self.head_dtype != "float32" and self.mode != "frozen":
+        if self.head_dtype not in ("auto", *HEAD_DTYPES):
+            raise ConfigError(f"student.head_dtype must be one of {['auto', *HEAD_DTYPES]}, got {self.head_dtype!r}")
+        if self.head_dtype == "bfloat16" and self.mode != "frozen":
             raise ConfigError(f"student.head_dtype {self.head_dtype!r} applies to frozen mode only (mode is "
                               f"{self.mode!r}); finetune mode trains in float32")
         if not isinstance(self.device, str) or not self.device:
@@ -206,6 +210,11 @@ class StudentConfig:
         which sets ``alpha = coeff`` after epoch 0's labelling pass but before epoch 0's training, so every
         training epoch runs with ``coeff``. (The runners follow ``alpha_schedule``: :func:`alpha_for`.)"""
         return alpha_for(epoch, self.coeff, "released" if released else "warmup")
+
+    def resolved_head_dtype(self, device: str | torch.device) -> str:
+        """``head_dtype`` with ``"auto"`` resolved on ``device`` (:func:`ccdlib.precision.resolve_precision`; float32
+        in finetune mode, which trains in float32)."""
+        return resolve_precision(self.head_dtype, device) if self.mode == "frozen" else "float32"
 
     @property
     def head_learning_rate(self) -> float:
@@ -506,10 +515,9 @@ def _augmented_view(image: Image.Image, gen: torch.Generator, *, trunk: str, ima
 def write_checkpoint(path: str | Path, *, state: dict, config: StudentConfig, num_classes: int, feature_dim: int,
                      epoch: int, alpha: float | np.ndarray, extra: dict | None = None) -> tuple[Path, Path]:
     """Atomically write a student checkpoint: ``<path>.pt`` (a state dict: the head in frozen mode, else the
-    whole model) and ``<path>.json`` (config, class count, trunk, epoch, alpha and ``extra``, e.g. class names)."""
+    whole model) and ``<path>.json`` (config, class count, trunk, epoch, alpha and ``extra``, e.g. class names).
+    The two are tied (:mod:`ccdlib.checkpoint_pair`): each records a SHA-256 of the other."""
     pt, js = _checkpoint_paths(path)
-    buf = io.BytesIO()
-    torch.save(state, buf)
     meta = {
         "format": _CHECKPOINT_FORMAT,
         "kind": "ccdlib.student",
@@ -522,6 +530,9 @@ def write_checkpoint(path: str | Path, *, state: dict, config: StudentConfig, nu
         "config": asdict(config),
         **(extra or {}),
     }
+    buf = io.BytesIO()
+    torch.save(tag_state(state, meta), buf)
+    meta["weights_sha256"] = weights_sha256(buf.getvalue())
     atomic_write_bytes(pt, buf.getvalue())
     atomic_write_text(js, json.dumps(meta, indent=2, sort_keys=True))
     return pt, js
@@ -540,7 +551,8 @@ def load_student_checkpoint(path: str | Path, *, expect_num_classes: int | None 
 
     A frozen-mode checkpoint holds only the head: the trunk is rebuilt from ``config.trunk_weights`` (so the
     same weights must be available). Raises :class:`CheckpointError` for a missing file, an unreadable one, or
-    a class count / trunk other than ``expect_num_classes`` / ``expect_trunk``.
+    a class count / trunk other than ``expect_num_classes`` / ``expect_trunk``, and for a ``.json`` not written with
+    its ``.pt`` (:func:`ccdlib.checkpoint_pair.check_pair`; an older checkpoint without the tie: a warning).
     """
     pt, js = _checkpoint_paths(path)
     for p in (js, pt):
@@ -558,6 +570,7 @@ def load_student_checkpoint(path: str | Path, *, expect_num_classes: int | None 
     if expect_trunk is not None and expect_trunk != trunk:
         raise CheckpointError(f"checkpoint {pt} has trunk {trunk!r}, but {expect_trunk!r} was expected")
     state = _load_state_file(pt, "student")
+    tag = state_tag(state)
     try:
         if state_kind == "head":
             student = build_student(config, num_classes)
@@ -567,4 +580,5 @@ def load_student_checkpoint(path: str | Path, *, expect_num_classes: int | None 
             student.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{pt} does not fit a {trunk} student with {num_classes} classes: {str(e)[:300]}") from e
+    check_pair(pt, js, meta, tag)
     return student.eval(), config

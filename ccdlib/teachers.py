@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import ConfigError, TeacherError
+from .precision import PRECISIONS, resolve_precision
 
 __all__ = [
     "DEFAULT_TEMPLATES",
@@ -64,7 +65,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ConfigError(f"unknown device {device!r}: {e}") from None
 
 
-TEACHER_DTYPES = ("float32", "bfloat16")
+TEACHER_DTYPES = PRECISIONS   # "auto" (the default: bfloat16 where the device runs it natively), "float32", "bfloat16"
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,13 @@ class TeacherConfig:
         mean/std). The teacher's input side for the released setting is ``image_size=640`` (see notebooks/params).
     conse_hierarchy: ConSE only: add to each class's score the ImageNet probability mass below its WordNet synset
         (:class:`ConSETeacher`, ``hierarchy``); still zero-shot (WordNet and ImageNet's ids, no mosaic label).
-    dtype: the image network's arithmetic: ``"float32"`` (default) or ``"bfloat16"`` (``torch.autocast``: convolutions
-        and matmuls in bfloat16, outputs and the text side in float32). ~2x the views per second on an AVX512-BF16
-        CPU (benchmarks/README); ImageNet probabilities move by up to ~5e-3. Part of the cache key.
+        ``None`` (default) = on for ``backend="conse"``, off for open_clip, resolved here, so the config holds a
+        bool (issue 23: +2.3 CCD mAP on a held-out set); ``true`` with open_clip is refused.
+    dtype: the image network's arithmetic: ``"auto"`` (default: bfloat16 where the device runs it natively, else
+        float32; :mod:`ccdlib.precision`, resolved when the teacher is built), ``"float32"`` or ``"bfloat16"``
+        (``torch.autocast``: convolutions and matmuls in bfloat16, outputs and the text side in float32). ~2x the
+        views per second on an AVX512-BF16 CPU (benchmarks/README); ImageNet probabilities move by up to ~5e-3.
+        The resolved value is part of the cache key (float32's keys are those from before ``"auto"``).
     """
 
     backend: str = "conse"
@@ -95,8 +100,8 @@ class TeacherConfig:
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     device: str = "auto"
     normalization: str = "imagenet"
-    conse_hierarchy: bool = False
-    dtype: str = "float32"
+    conse_hierarchy: bool | None = None     # None: on for conse, off for open_clip (resolved in __post_init__)
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.dtype not in TEACHER_DTYPES:
@@ -119,8 +124,11 @@ class TeacherConfig:
             raise ConfigError(f"teacher.templates need a '{{}}' placeholder for the class name: {bad}")
         if self.image_size < 0 or self.logit_scale < 0:
             raise ConfigError("teacher.image_size and teacher.logit_scale must be >= 0 (0 = the teacher's own)")
+        if self.conse_hierarchy is None:   # the default: the hierarchy-aware teacher wherever it applies
+            object.__setattr__(self, "conse_hierarchy", self.backend == "conse")
         if self.conse_hierarchy and self.backend != "conse":
-            raise ConfigError(f"teacher.conse_hierarchy needs teacher.backend='conse', got {self.backend!r}")
+            raise ConfigError(f"teacher.conse_hierarchy needs teacher.backend='conse', got {self.backend!r} (leave it "
+                              f"unset or null: on for conse only)")
 
 
 class Teacher:
@@ -135,7 +143,8 @@ class Teacher:
     _mean: tuple[float, float, float]
     _std: tuple[float, float, float]
     _pixel_range: float = 1.0  # 1.0: pixels in [0,1] before normalisation; 255.0: in [0,255]
-    dtype: str = "float32"     # the image network's arithmetic (TeacherConfig.dtype)
+    dtype: str = "float32"     # the image network's arithmetic (TeacherConfig.dtype, "auto" resolved)
+    dtype_auto: bool = False   # whether dtype was resolved from "auto" (ccdlib.precision)
 
     def fingerprint(self) -> dict:
         """Everything the image embeddings depend on (for cache keys)."""
@@ -213,7 +222,7 @@ class OpenCLIPTeacher(Teacher):
         import open_clip
 
         self.device = resolve_device(device)
-        self.dtype = _check_dtype(dtype)
+        self.dtype, self.dtype_auto = resolve_precision(_check_dtype(dtype), self.device), dtype == "auto"
         self.arch = arch
         if arch not in open_clip.list_models():
             raise TeacherError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
@@ -368,7 +377,7 @@ class ConSETeacher(Teacher):
 
         _check_minilm()
         self.device = resolve_device(device)
-        self.dtype = _check_dtype(dtype)
+        self.dtype, self.dtype_auto = resolve_precision(_check_dtype(dtype), self.device), dtype == "auto"
         self.arch = arch
         self.top_t = int(top_t)
         self.hierarchy = bool(hierarchy)
@@ -395,8 +404,8 @@ class ConSETeacher(Teacher):
         from .cache import ArrayCache, default_cache_dir
         cache = ArrayCache(default_cache_dir(), "text")
         key = imagenet_names_key()
-        hit = cache.get(key)
-        if hit is not None and hit.shape[0] == 1000:
+        hit = cache.get(key, shape=(1000, None), dtype=np.float32, finite=True)   # a damaged one: recomputed
+        if hit is not None:
             return torch.from_numpy(hit)
         from open_clip import IMAGENET_CLASSNAMES
         from torchvision.models import ResNet50_Weights
@@ -452,8 +461,8 @@ class ConSETeacher(Teacher):
         _check_prompts(prompt_names, templates)
         cache = ArrayCache(default_cache_dir(), "text")
         key = {"encoder": MINILM_ID, "prompts": [str(n) for n in prompt_names], "templates": list(templates)}
-        hit = cache.get(key)
-        if hit is not None and hit.shape[0] == len(prompt_names):
+        hit = cache.get(key, shape=(len(prompt_names), self._imagenet_emb.shape[1]), dtype=np.float32, finite=True)
+        if hit is not None:
             t = torch.from_numpy(hit)
         else:
             t = self._embed_prompts(prompt_names, templates)
@@ -477,8 +486,8 @@ def imagenet_hierarchy(prompt_names: Sequence[str]) -> tuple[np.ndarray, list[st
     key = {"format": 1, "hierarchy": [str(n) for n in prompt_names],
            "wordnet": [file_fingerprint(Path(folder) / f) for f in ("data.noun", "index.noun")],
            "imagenet": np.asarray(offsets, dtype=np.int64)}
-    below = cache.get(key)
-    if below is None or below.shape != (len(prompt_names), len(offsets)):
+    below = cache.get(key, shape=(len(prompt_names), len(offsets)), dtype=np.float32, finite=True)
+    if below is None:
         below, _ = wordnet.hierarchy_matrix(prompt_names, offsets, wordnet._wordnet(str(folder)))
         cache.put(key, below)
     return below, [str(n) for n, row in zip(prompt_names, below) if not row.any()]   # what hierarchy_matrix misses

@@ -8,6 +8,7 @@ Inference (logits, CAMs) and the frozen-mode features held in memory are its bas
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
@@ -71,8 +72,10 @@ class StudentTrainer(StudentInference):
     float16, read once from the feature cache on first use. Image files changed on disk after that are not seen
     (the runners check their inputs each epoch).
 
-    Attributes: ``student``, ``epoch`` (epochs trained so far), ``alpha`` (the alpha of the last epoch; the
-    default for predictions, as the released code keeps alpha in the model), ``device``, ``optimizer``,
+    Attributes: ``config`` (the given one with ``head_dtype`` ``"auto"`` resolved on ``device``;
+    ``head_dtype_auto`` says whether it was), ``student``, ``epoch`` (epochs trained so far), ``alpha`` (the alpha of
+    the last epoch; the default for predictions, as the released code keeps alpha in the model), ``device``,
+    ``optimizer``,
     ``rank`` and ``world`` (0 and 1 without torchrun). Under torchrun in finetune mode, ``student`` has global-batch
     BatchNorm layers and trains through a ``DistributedDataParallel`` wrapper; ``batch_size`` is per process (see
     the module docstring).
@@ -82,7 +85,6 @@ class StudentTrainer(StudentInference):
                  cache_dir: str | Path | None = None, progress: bool = True):
         if not isinstance(config, StudentConfig):
             raise ConfigError(f"config must be a StudentConfig, got {type(config).__name__}")
-        self.config = config
         self.image_paths = [Path(p) for p in image_paths]
         if not self.image_paths:
             raise DatasetError("StudentTrainer: no training images given")
@@ -90,6 +92,8 @@ class StudentTrainer(StudentInference):
         self.cache_dir = cache_dir
         self.progress = progress
         self.device = resolve_device(config.device)
+        self.head_dtype_auto = config.head_dtype == "auto"     # the config's "auto", resolved on this device:
+        self.config = config = replace(config, head_dtype=config.resolved_head_dtype(self.device))   # issue 23
         self.student = build_student(config, num_classes).to(self.device)
         self.epoch = 0
         self.alpha: float | np.ndarray = 1.0

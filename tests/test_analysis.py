@@ -196,7 +196,7 @@ def tiny_context(tmp_path_factory) -> Context:
     classes = ClassList(("red", "green", "blue"), ("red", "green", "blue"))
     ds = MultiLabelDataset("tiny", [f"i{i}" for i in range(6)], paths, np.stack(labels), classes, boxes=boxes)
     student = StudentConfig(trunk="efficientnet-lite0", trunk_weights="random", image_size=64, batch_size=3,
-                            device="cpu")
+                            device="cpu", head_dtype="float32")
     cfg = RunConfig(epochs=3, student=student, teacher_batch_size=8)
     teacher = _ColourTeacher()
     classifier = torch.eye(3)

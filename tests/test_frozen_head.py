@@ -25,6 +25,7 @@ def _features(n_aug: int) -> dict[str, np.ndarray]:
 
 
 def _trainer(feats: dict[str, np.ndarray], **kw) -> StudentTrainer:
+    kw.setdefault("head_dtype", "float32")        # explicit: the library default is "auto" (issue 23)
     cfg = StudentConfig(trunk_weights="random", image_size=64, batch_size=4, device="cpu", seed=kw.pop("seed", 0),
                         frozen_head_lr=1e-2, **kw)
     tr = StudentTrainer(cfg, [f"img{i}.jpg" for i in range(N)], C, progress=False)

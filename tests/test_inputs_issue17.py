@@ -491,7 +491,8 @@ def test_two_different_runs_into_one_out_dir_stay_fine(small_mosaic_root, tmp_pa
     shutil.copytree(small_mosaic_root, data)
     kw = dict(data_kind="voc", data_root=str(data), data_classes=str(data / "classes.yaml"),
               teacher_arch="efficientnet-lite0", teacher_image_size=96, student_image_size=96, student_batch_size=8,
-              student_n_aug_views=1, teacher_batch_size=32)
+              student_n_aug_views=1, teacher_batch_size=32, teacher_conse_hierarchy=False, teacher_dtype="float32",
+              student_head_dtype="float32")   # explicit: the defaults before issue 23
     a, b = _lock_cfg(tmp_path, seed=0, **kw), _lock_cfg(tmp_path, seed=1, **kw)
     assert a.name != b.name and a.out_dir == b.out_dir
     (tmp_path / "results" / a.name).mkdir(parents=True)

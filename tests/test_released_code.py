@@ -345,7 +345,7 @@ def tiny_images(tmp_path_factory):
 
 @pytest.mark.parametrize("loss", ["bce", "softmax_kl"])
 def test_on_batch_hook_gets_pre_step_logits_after_the_step(tiny_images, tmp_path, loss):
-    cfg = StudentConfig(image_size=64, batch_size=2, device="cpu", seed=0, frozen_head_lr=0.5)
+    cfg = StudentConfig(image_size=64, batch_size=2, device="cpu", seed=0, frozen_head_lr=0.5, head_dtype="float32")
     tr = StudentTrainer(cfg, tiny_images, 3, cache_dir=tmp_path, progress=False)
     w0 = tr.student.head.weight.detach().clone()
     seen, moved = [], []

@@ -84,7 +84,8 @@ def _cfg(root: Path, tmp: Path, **kw):
     params = dict(method="ccd", epochs=3, ccd_warmup_epochs=2, seed=0, data_root=str(root), data_n_train=N_TRAIN,
                   data_n_test=N_TEST, teacher_arch="efficientnet-lite0", teacher_image_size=96, teacher_device="cpu",
                   student_image_size=96, student_batch_size=8, student_device="cpu", student_n_aug_views=1,
-                  teacher_batch_size=32,
+                  teacher_batch_size=32, teacher_conse_hierarchy=False, teacher_dtype="float32",
+                  student_head_dtype="float32",   # explicit: the defaults before issue 23
                   out_dir=str(tmp / "results"), cache_dir=str(tmp / "cache"))
     params.update(kw)
     return run_config_from_params(params)

@@ -85,7 +85,8 @@ def _cfg(root: Path, tmp: Path, cache: Path, **kw):
     params = dict(method="ccd", epochs=3, ccd_warmup_epochs=2, seed=0, data_kind="voc", data_root=str(root),
                   data_classes=str(root / "classes.yaml"), teacher_arch="efficientnet-lite0", teacher_image_size=96,
                   teacher_device="cpu", student_image_size=96, student_batch_size=8, student_device="cpu",
-                  student_n_aug_views=1, teacher_batch_size=32, out_dir=str(tmp / "results"), cache_dir=str(cache))
+                  student_n_aug_views=1, teacher_batch_size=32, out_dir=str(tmp / "results"), cache_dir=str(cache),
+                  teacher_conse_hierarchy=False, teacher_dtype="float32", student_head_dtype="float32")   # issue 23
     params.update(kw)
     return run_config_from_params(params)
 
@@ -146,19 +147,22 @@ def test_finished_run_is_reused_only_when_the_inputs_match(data, shared_cache, t
     cfg = _cfg(data, tmp_path, shared_cache, method="supervised", epochs=1)
     first = run(cfg)
     assert count_runs == {"supervised": 1}
-    assert "inputs" in first["info"] and set(first["info"]["inputs"]) == {"train", "test"}
+    assert "inputs" in first["info"] and set(first["info"]["inputs"]) == {"train", "test", "few_label"}
     capsys.readouterr()
     assert run(cfg) == first and count_runs["supervised"] == 1
     assert f"reusing results of {cfg.name}" in capsys.readouterr().out
 
+    few = first["info"]["few_label_ids"]                   # images held out of training for the few-label rule
+    trained = next(i for i in (f"train_{k:06d}" for k in range(16)) if i not in few)
     edits = {   # what a user changes under the same data.root -> the part named in the message
         "test labels": lambda: _rewrite_names(
             data / "Annotations" / "test_000000.xml",
             lambda n: next(c for c in yaml.safe_load((data / "classes.yaml").read_text()) if c != n)),
         "test classes": lambda: (data / "classes.yaml").write_text(
             (data / "classes.yaml").read_text().replace('bird: "bird"', 'bird: "small bird"')),
-        "train images": lambda: shutil.copy(data / "JPEGImages" / "train_000001.jpg",
-                                            data / "JPEGImages" / "train_000000.jpg"),
+        "train images": lambda: shutil.copy(data / "JPEGImages" / f"{few[0]}.jpg", data / "JPEGImages" / f"{trained}.jpg"),
+        "few_label images": lambda: shutil.copy(data / "JPEGImages" / f"{trained}.jpg",   # held out: picks few_label
+                                                data / "JPEGImages" / f"{few[0]}.jpg"),
         "test ids": lambda: (data / "ImageSets" / "Main" / "test.txt").write_text(
             "".join((data / "ImageSets" / "Main" / "test.txt").read_text().splitlines(True)[:-1])),
     }

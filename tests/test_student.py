@@ -29,7 +29,7 @@ C = 3              # classes
 
 
 def _cfg(**kw) -> StudentConfig:
-    base = dict(image_size=SIZE, batch_size=2, device="cpu", seed=0)
+    base = dict(image_size=SIZE, batch_size=2, device="cpu", seed=0, head_dtype="float32")   # explicit (issue 23)
     base.update(kw)
     return StudentConfig(**base)
 

@@ -430,7 +430,7 @@ def test_open_clip_cuda_on_cpu_machine(tiny_configs, monkeypatch):
 
 
 def test_build_teacher_open_clip(tiny_configs, tmp_path):
-    cfg = TeacherConfig(backend="open_clip", arch=TINY_VIT, device="cpu")
+    cfg = TeacherConfig(backend="open_clip", arch=TINY_VIT, device="cpu", dtype="float32")
     t = build_teacher(cfg, logit_scale=33.0)
     assert isinstance(t, OpenCLIPTeacher) and isinstance(t, Teacher)
     assert t.logit_scale == 33.0 and t.image_size == 32
@@ -485,7 +485,7 @@ def test_conse_hierarchy_score_is_cosine_plus_mass_below(conse_hier, photos):
 
 
 def test_conse_hierarchy_config():
-    assert TeacherConfig().conse_hierarchy is False
+    assert TeacherConfig(conse_hierarchy=False).conse_hierarchy is False   # the default: tests/test_defaults_issue23.py
     with pytest.raises(ConfigError, match="conse_hierarchy"):
         TeacherConfig(backend="open_clip", arch="RN50", conse_hierarchy=True)
 

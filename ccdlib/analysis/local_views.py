@@ -126,8 +126,10 @@ def train_student_on_labels(ctx: Context, labels: np.ndarray, epochs: int | None
            "labels": y, "epochs": epochs, "consistency": bool(consistency),
            "train": [fp_train(i) for i in range(len(ctx.train))], "test": [fp_test(i) for i in range(len(ctx.test))]}
     cache = ArrayCache(ctx.cache_dir, "label_students")
-    cached = cache.get(key)
-    if cached is not None and cached.shape == (len(ctx.test) + 1, max(ctx.test.num_classes, epochs)):
+    c = ctx.test.num_classes   # the padding is NaN by design: only the test scores must be finite
+    cached = cache.get(key, shape=(len(ctx.test) + 1, max(c, epochs)), dtype=np.float64,
+                       check=lambda a: None if np.isfinite(a[:-1, :c]).all() else "non-finite test scores")
+    if cached is not None:
         test_prob = cached[:-1, :ctx.test.num_classes].astype(np.float32)      # as computed (float32 logits)
         losses = [float(v) for v in cached[-1, :epochs]]
     else:

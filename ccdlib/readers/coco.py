@@ -11,7 +11,7 @@ import numpy as np
 
 from ..datasets import ClassList, MultiLabelDataset
 from ..errors import DatasetError
-from .common import PathLike, _check_box, _require_dir, _warn_empty_classes
+from .common import PathLike, _as_class_list, _check_box, _require_dir, _warn_empty_classes
 
 
 def read_coco(
@@ -19,6 +19,7 @@ def read_coco(
     split: str = "train2014",
     *,
     annotation_file: PathLike | None = None,
+    classes: ClassList | PathLike | None = None,
     check_files: bool = True,
     drop_empty: bool = False,
     with_boxes: bool = True,
@@ -29,8 +30,13 @@ def read_coco(
         root: folder holding ``<split>/`` (the images) and ``annotations/instances_<split>.json``.
         split: e.g. ``train2014``, ``val2014``.
         annotation_file: use this instances JSON instead of ``root/annotations/instances_<split>.json``.
+        classes: a subset of the categories (a :class:`ClassList` or a class-list file, ``data.classes``): class
+            ids are COCO category names, their order the label columns, the prompt names the list's; annotations
+            of other categories are dropped (labels and boxes). A class id that names no category of the JSON is
+            a :class:`DatasetError` naming it. Default: every category.
         check_files: raise if an image listed in the JSON is absent from ``root/<split>/``.
-        drop_empty: drop images with no annotation. By default they are **kept**, with an all-zero row.
+        drop_empty: drop images with no annotation (of the listed ``classes``). By default they are **kept**, with
+            an all-zero row.
         with_boxes: also return per-image boxes ``[c, x, y, x + w, y + h]`` (all annotations).
 
     Returns:
@@ -78,12 +84,15 @@ def read_coco(
     cat_ids = sorted(coco.getCatIds())
     cats = coco.loadCats(cat_ids)
     cl = ClassList(tuple(c["name"] for c in cats), tuple(c["name"] for c in cats))
+    all_cats = set(cat_ids)
+    if classes is not None:   # a subset of the categories, in the list's order (issue 23)
+        cl, cat_ids = _category_subset(classes, cats, ann_path)
     col = {cid: c for c, cid in enumerate(cat_ids)}
 
     img_ids = sorted(coco.getImgIds())
     known = set(img_ids)
     for ann in data.get("annotations") or []:
-        if ann.get("category_id") not in col:
+        if ann.get("category_id") not in all_cats:
             raise DatasetError(
                 f"COCO annotation file {ann_path}: annotation {ann.get('id')} names category id "
                 f"{ann.get('category_id')}, which is not among its categories")
@@ -98,7 +107,7 @@ def read_coco(
     label_rows: list[np.ndarray] = []
     boxes: list[np.ndarray] = []
     for img_id in img_ids:
-        anns = coco.loadAnns(coco.getAnnIds(imgIds=[img_id], iscrowd=None))
+        anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=[img_id], iscrowd=None)) if a["category_id"] in col]
         if drop_empty and not anns:
             continue
         info = coco.imgs[img_id]
@@ -135,3 +144,22 @@ def read_coco(
     _warn_empty_classes(ds)
     return ds
 
+
+
+def _category_subset(classes: ClassList | PathLike, cats: list[dict], ann_path: Path) -> tuple[ClassList, list[int]]:
+    """``(the class list, the category id of each of its classes)``: ``classes`` (a list or a class-list file)
+    matched by name with the JSON's categories; a class that is none of them is a :class:`DatasetError` naming it,
+    the list and the JSON."""
+    wanted = _as_class_list(classes, None)   # type: ignore[arg-type]  (classes is given)
+    by_name: dict[str, int] = {}
+    for c in cats:
+        by_name.setdefault(c["name"], c["id"])
+    unknown = [cid for cid in wanted.ids if cid not in by_name]
+    if unknown:
+        source = f"class list file {classes}" if isinstance(classes, (str, Path)) else "the class list"
+        names = sorted(by_name)
+        raise DatasetError(f"{source} names {len(unknown)} class(es) that are not categories of the COCO annotation "
+                           f"file {ann_path}: {unknown[:10]}{' ...' if len(unknown) > 10 else ''} (class ids are "
+                           f"category names; its {len(names)} categories: {', '.join(names[:12])}"
+                           f"{' ...' if len(names) > 12 else ''})")
+    return wanted, [by_name[cid] for cid in wanted.ids]

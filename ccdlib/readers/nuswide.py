@@ -62,8 +62,10 @@ def read_nuswide(
     Args:
         root: the NUS-WIDE folder.
         split: ``"train"`` or ``"test"``.
-        classes: override the concept list. Default: ``Concepts81.txt`` when present (its order defines
-            the label columns), else :data:`NUSWIDE_CLASSES`.
+        classes: the concepts to read, in label-column order (a :class:`ClassList` or a class-list file,
+            ``data.classes``; a subset or a renaming of the prompts): ids are concept names (each read from its
+            ``Labels_<concept>_*.txt``; one without that file is a :class:`DatasetError` naming it). Default:
+            ``Concepts81.txt`` when present (its order defines the label columns), else :data:`NUSWIDE_CLASSES`.
         check_files: raise if a listed image is absent.
         drop_empty: drop images with no positive concept. By default they are kept (all-zero row).
 
@@ -102,7 +104,9 @@ def read_nuswide(
     for c, concept in enumerate(cl.ids):
         lf = label_dir / f"Labels_{concept}_{tag}.txt"
         if not lf.is_file():
-            raise DatasetError(f"NUS-WIDE label file for concept {concept!r} not found: {lf}")
+            source = f"class list file {classes}" if isinstance(classes, (str, Path)) else "the class list"
+            listed = "" if classes is None else f" ({source} names it; class ids must be NUS-WIDE concept names)"
+            raise DatasetError(f"NUS-WIDE label file for concept {concept!r} not found: {lf}{listed}")
         vals = _read_lines(lf)
         if len(vals) != n:
             raise DatasetError(
