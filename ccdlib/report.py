@@ -22,7 +22,7 @@ from typing import Any
 from .cache import atomic_write_bytes, atomic_write_text
 
 __all__ = ["Reporter", "save_figure", "save_table", "provenance", "package_versions", "lock_sha256",
-           "CLAIMS_FILE", "PROVENANCE_KEYS", "made_by_from_params", "made_by_sentence"]
+           "CLAIMS_FILE", "COLUMN_FORMATS", "PROVENANCE_KEYS", "made_by_from_params", "made_by_sentence"]
 
 LOCK_FILE = Path(__file__).resolve().parents[1] / "requirements.lock"   # what `make setup` installs
 
@@ -209,18 +209,25 @@ class Reporter:
         return p
 
 
+#: Columns shown with more digits than ``floatfmt`` wherever a table is rendered (Markdown and index.html): tau, the
+#: class-selection threshold, is ~0.09 and one decimal would hide the quantity studied (issue 23).
+COLUMN_FORMATS = {"tau": ".3f"}
+
+
 def to_markdown(df, *, floatfmt: str = ".1f", index: bool = False) -> str:
-    """A GitHub Markdown table (no extra dependency)."""
+    """A GitHub Markdown table (no extra dependency); floats with ``floatfmt``, or :data:`COLUMN_FORMATS`'s."""
     import math
     frame = df.reset_index() if index else df
     cols = [str(c) for c in frame.columns]
 
-    def fmt(v: Any) -> str:
+    def fmt(v: Any, f: str) -> str:
         if isinstance(v, float):
-            return "" if math.isnan(v) else format(v, floatfmt)
+            return "" if math.isnan(v) else format(v, f)
         return str(v)
+    formats = [COLUMN_FORMATS.get(c, floatfmt) for c in cols]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    lines += ["| " + " | ".join(fmt(v, f) for v, f in zip(row, formats)) + " |"
+              for row in frame.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 

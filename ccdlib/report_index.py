@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .cache import atomic_write_text
-from .report import CLAIMS_FILE, _missing, git_commit, lock_sha256, made_by_sentence, package_versions
+from .report import CLAIMS_FILE, COLUMN_FORMATS, _missing, git_commit, lock_sha256, made_by_sentence, package_versions
 
 __all__ = ["build_index", "markdown_to_html", "MAIN_RESULT"]
 
@@ -96,7 +96,9 @@ def _html_entry(reports: Path, key: str, e: dict) -> str:
                 f"<a href='{pdf}'>PDF</a>){prov}</figcaption></figure>")
     csv = next((f for f in e["files"] if f.endswith(".csv")), None)
     try:
-        tbl = pd.read_csv(reports / csv).to_html(index=False, float_format=lambda v: f"{v:.1f}", na_rep="")
+        df = pd.read_csv(reports / csv)
+        tbl = df.to_html(index=False, float_format=lambda v: f"{v:.1f}", na_rep="", formatters={
+            c: (lambda v, f=f: "" if pd.isna(v) else format(v, f)) for c, f in COLUMN_FORMATS.items() if c in df})
     except (OSError, ValueError, TypeError, pd.errors.EmptyDataError):
         tbl = ""
     return (f"<section id='{_anchor(key)}'><h3>{name}</h3><p class='cap'>{cap}</p><div class='scroll'>{tbl}</div>"

@@ -78,3 +78,14 @@ def test_reporter_writes_files_provenance_and_index(tmp_path):
     assert "checkpoint rule none (no training); teacher conse efficientnet-lite0; test images 24." in page
     assert re.search(r"<img src='figures/curve.png'", page) and "tables/scores.csv" in page
     assert json.loads((tmp_path / "timing.json").read_text())["reproduce_seconds"] == 90
+
+
+def test_tau_keeps_three_decimals_in_markdown_and_index(tmp_path):
+    """issue 23: tau (~0.09) is not rounded to 0.1 where tables are rendered."""
+    df = pd.DataFrame({"tau": [0.0875], "mAP": [37.25]})
+    md = Reporter(tmp_path, notebook="06_demo").save_table(df, "taus", made_by=dict(
+        protocol="shared", seeds="0", schedule="24 steps", rule="last", teacher="conse", test_images="8"))[1]
+    assert "| 0.087 | 37.2 |" in md.read_text()
+    build_index(tmp_path, render_html=False)
+    page = (tmp_path / "index.html").read_text()
+    assert "<td>0.087</td>" in page and "<td>37.2</td>" in page
