@@ -76,14 +76,20 @@ def test_crop_diagnostics_boxes_each_cam_once_and_matches_per_offset_boxing(monk
     sizes = [(80, 60)] * n
     ccd = CCDConfig(resolution=16, offset=2)
     train = type("Train", (), {"labels": labels, "boxes": boxes, "__len__": lambda self: n})()
-    ctx = SimpleNamespace(cfg=SimpleNamespace(ccd=ccd), train=train, image_sizes=lambda split: sizes)
+    ctx = SimpleNamespace(cfg=SimpleNamespace(ccd=ccd, student=SimpleNamespace(image_size=448)), train=train,
+                          image_sizes=lambda split: sizes)
     selected = rng.random((n, c)) < 0.4
-    state = SimpleNamespace(ctx=ctx, trainer=SimpleNamespace(cams=lambda indices: cams[indices]), selected=selected,
-                            tau=0.3)
+    asked = []                       # the CAMs the run crops from: ccd.cam_image_size input, alpha-scaled
+
+    def fake_cams(indices, alpha=None, image_size=None):
+        asked.append((alpha, image_size))
+        return cams[indices]
+    state = SimpleNamespace(ctx=ctx, trainer=SimpleNamespace(cams=fake_cams, alpha=2.5), selected=selected, tau=0.3)
     calls = []
     real = label_update.cam_to_box
     monkeypatch.setattr(label_update, "cam_to_box", lambda *a, **k: calls.append(1) or real(*a, **k))
     got = analysis.crop_diagnostics(state, offsets=(0.0, 2.0, 4.0), grid=2)
+    assert asked == [(2.5, ccd.cam_image_size)]                                # issue 22 §4: as run_ccd crops
     assert len(calls) == int((selected | labels.astype(bool)).sum())          # one per (image, class) of the union
     monkeypatch.setattr(label_update, "cam_to_box", real)
     for name, sel in (("tau", selected), ("ground truth", labels.astype(bool))):
@@ -93,3 +99,57 @@ def test_crop_diagnostics_boxes_each_cam_once_and_matches_per_offset_boxing(monk
             row = got[(got["selection"] == name) & (got["offset"] == off)].iloc[0]
             for k, v in crop_summary(views, owners, boxes, iou=0.5).items():
                 assert row[k] == pytest.approx(v, nan_ok=True), (name, off, k)
+
+
+def test_pointing_game_and_object_area_hand_cases():
+    """issue 22 §4: the pointing game against the area share of the class's boxes, and the share of each object's
+    area inside its class's crop against the crop's share of the image, on hand-made boxes."""
+    from ccdlib.crop_metrics import cam_peaks, object_area_in_crop, pointing_game
+    from ccdlib.views import View
+    sizes = [(100, 100), (100, 100)]
+    boxes = [np.array([[0, 0, 0, 50, 50], [1, 50, 50, 100, 100]]), np.array([[0, 0, 0, 100, 20]])]
+    owners = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])        # (1, 1): class absent, left out
+    peaks = np.array([[10, 10], [20, 20], [50, 50], [5, 5]])
+    p = pointing_game(peaks, owners, boxes, sizes)
+    assert p["n"] == 3 and p["hit"] == pytest.approx(100 / 3)   # only (0, 0) hits; (1, 0)'s peak is at y = 50 >= 20
+    assert p["chance"] == pytest.approx(100 * (0.25 + 0.25 + 0.2) / 3)
+    views = [View(0, (0, 0, 25, 50)), View(0, (0, 0, 100, 100)), View(1, (0, 0, 50, 10))]
+    a = object_area_in_crop(views, np.array([[0, 0], [0, 0], [1, 0]]), boxes, sizes)
+    # image 0 class 0: the larger crop holds all of it (best of two; chance = that crop's share, 1.0); class 1: no
+    # crop (missed); image 1 class 0: 50 x 10 of 100 x 20 = 25 %, the crop covers 5 % of the image
+    assert (a["objects"], a["missed"]) == (2, 1)
+    assert a["share"] == pytest.approx(100 * (1.0 + 0.25) / 2) and a["chance"] == pytest.approx(100 * (1.0 + 0.05) / 2)
+    cams = np.zeros((1, 1, 4, 4), np.float32)
+    cams[0, 0, 3, 1] = 1.0                                       # the peak's cell, on a 4x4 map of a 200x100 image
+    (x, y), = cam_peaks(cams, np.array([[0, 0]]), [(200, 100)], resolution=4)
+    assert (x, y) == (1.5 * 50, 3.5 * 25)
+
+
+def test_localisation_rows_on_the_run_cams():
+    """analysis.localisation: for each selection, the pointing game, the object area inside its class's crop and the
+    IoU column, computed from the CAMs the run crops from; a CAM peaking on its object wins the pointing game."""
+    from types import SimpleNamespace
+
+    from ccdlib import analysis
+    from ccdlib.config import CCDConfig
+    n, c = 2, 2
+    cams = np.zeros((n, c, 4, 4), np.float32)
+    cams[0, 0, 0, 0] = cams[1, 1, 3, 3] = 1.0                  # peaks in the top-left / bottom-right cell
+    cams[0, 1, 0, 3] = cams[1, 0, 3, 0] = 1.0                  # (upsampled to 16 x 16: still there)
+    labels = np.array([[1, 0], [0, 1]], np.float32)
+    boxes = [np.array([[0, 0, 0, 40, 40]]), np.array([[1, 60, 60, 100, 100]])]
+    ccd = CCDConfig(resolution=16, offset=0, cam_image_size=640)
+    train = type("Train", (), {"labels": labels, "boxes": boxes, "__len__": lambda self: n})()
+    ctx = SimpleNamespace(cfg=SimpleNamespace(ccd=ccd, student=SimpleNamespace(image_size=448)), train=train,
+                          image_sizes=lambda split: [(100, 100)] * n)
+    state = SimpleNamespace(ctx=ctx, trainer=SimpleNamespace(cams=lambda indices, alpha=None, image_size=None:
+                                                             cams[indices], alpha=1.0),
+                            selected=np.ones((n, c), bool), tau=0.1)
+    got = analysis.localisation(state)
+    assert list(got.columns) == ["metric", "selection", "value", "chance", "n"] and len(got) == 6
+    gt = got[got["selection"] == "ground truth"].set_index(got[got["selection"] == "ground truth"]["metric"].str[:5])
+    assert gt.loc["point", "value"] == 100 and gt.loc["point", "chance"] == pytest.approx(16.0)
+    assert gt.loc["point", "n"] == 2                                # absent classes are not scored
+    assert gt.loc["objec", "n"] == 2 and 0 < gt.loc["objec", "value"] <= 100
+    tau = got[got["selection"] == "tau"]
+    assert tau.iloc[0]["n"] == 2                                    # tau selects all 4 pairs; 2 classes present

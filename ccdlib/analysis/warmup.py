@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..context import Context, global_probabilities, view_probabilities
-from ..crop_metrics import crop_summary
+from ..crop_metrics import box_iou, cam_peaks, crop_summary, object_area_in_crop, pointing_game
 from ..label_update import (cam_boxes, cam_grid_boxes, cam_to_box, grow_boxes, local_pseudo_labels, mix_labels,
                             select_classes)
 from ..pseudolabels import CCDInitialLabels, ccd_initial_pseudo_labels
@@ -167,7 +167,8 @@ def crop_diagnostics(state: WarmupState, *, offsets: Sequence[float] = (0.0, 80.
                      iou: float = 0.5) -> pd.DataFrame:
     """Where CCD's CAM crops land, and what limits them, on the training split (no teacher call: boxes only).
 
-    From the student's CAMs at the update epoch (``state``, :func:`ccd_warmup`), one row per (class selection,
+    From the student's CAMs at the update epoch (``state``, :func:`ccd_warmup`), the maps the run crops from
+    (:func:`run_cams`: ``ccd.cam_image_size`` input, alpha-scaled with ``ccd.cam_alpha``), one row per (class selection,
     offset): ``selection`` = ``"tau"`` (the calibrated threshold, what CCD does) or ``"ground truth"`` (the image's
     true classes: isolates the CAMs' localisation from the class selection), ``offset`` in pixels of the
     ``resolution`` grid; plus one row for the ``grid x grid`` tiles CDUL scores. Columns: :func:`crop_summary`'s,
@@ -176,7 +177,7 @@ def crop_diagnostics(state: WarmupState, *, offsets: Sequence[float] = (0.0, 80.
     ctx, c = state.ctx, state.ctx.cfg.ccd
     ds = ctx.train
     sizes = ctx.image_sizes("train")
-    cams = state.trainer.cams(indices=np.arange(len(ds)))
+    cams = run_cams(state)
     selections = (("tau", np.asarray(state.selected, bool)), ("ground truth", ds.labels.astype(bool)))
     # every (image, class) either selection needs, boxed once on the grid; each offset only grows the boxes
     on_grid, found = cam_grid_boxes(cams, selections[0][1] | selections[1][1], resolution=c.resolution,
@@ -196,4 +197,58 @@ def crop_diagnostics(state: WarmupState, *, offsets: Sequence[float] = (0.0, 80.
     summary.update(class_precision=float("nan"), on_own_object=float("nan"), mean_iou_own=float("nan"))
     rows.append({"views": f"{grid}x{grid} tiles", "selection": "-", "offset": float("nan"), "tau": float("nan"),
                  **summary})
+    return pd.DataFrame(rows)
+
+
+def run_cams(state: WarmupState, indices: Sequence[int] | None = None) -> np.ndarray:
+    """``(N, C, h, w)`` CAMs of the warm-up student as :func:`ccdlib.methods.run_ccd` crops from them: on the
+    ``ccd.cam_image_size`` input (released: 640 px; 0 = the student's size) and alpha-scaled when ``ccd.cam_alpha``."""
+    c, trainer = state.ctx.cfg.ccd, state.trainer
+    idx = np.arange(len(state.ctx.train)) if indices is None else np.asarray(indices)
+    return trainer.cams(indices=idx, alpha=trainer.alpha if c.cam_alpha else None,
+                        image_size=c.cam_image_size or state.ctx.cfg.student.image_size)
+
+
+def localisation(state: WarmupState, *, iou: float = 0.5) -> pd.DataFrame:
+    """How well the warm-up student's CAMs localise, in terms CCD's crop rule can meet (issue 22 §4), on the maps the
+    run crops from (:func:`run_cams`). One row per (metric, selection) with ``value``, ``chance`` and ``n``
+    (percentages x100); ``selection`` = ``"tau"`` (CCD's classes) or ``"ground truth"`` (the image's true classes):
+
+    - ``pointing game``: the CAM's peak inside an object of its class, against the share of the image those
+      objects cover (:func:`ccdlib.crop_metrics.pointing_game`; scored on present classes only);
+    - ``object area inside its class's crop``: :func:`ccdlib.crop_metrics.object_area_in_crop` of the crops at
+      the run's ``ccd.offset``, against the crop's share of the image;
+    - ``crop IoU >= iou with an object of its class``: the existing column of ``cam_crops_vs_tiles``, which the
+      crop rule can hardly meet (a box around the CAM's top pixels grown by ``offset``); its ``chance`` column holds
+      the same criterion for the ground-truth boxes grown by the same offset, the most a grown box can score.
+    """
+    ctx, c = state.ctx, state.ctx.cfg.ccd
+    ds, sizes = ctx.train, ctx.image_sizes("train")
+    cams = run_cams(state)
+    selections = (("tau", np.asarray(state.selected, bool)), ("ground truth", ds.labels.astype(bool)))
+    on_grid, found = cam_grid_boxes(cams, selections[0][1] | selections[1][1], resolution=c.resolution,
+                                    threshold=c.cam_threshold, box_rule=c.box_rule)
+    # the ground-truth boxes grown by the offset (grid pixels scaled to each image), and their IoU with themselves
+    grown_iou = []
+    for i, b in enumerate(ds.boxes):
+        w, h = sizes[i]
+        for _, x0, y0, x1, y1 in np.asarray(b, dtype=np.float64).reshape(-1, 5):
+            ox, oy = c.offset * w / c.resolution, c.offset * h / c.resolution
+            g = [max(0.0, x0 - ox), max(0.0, y0 - oy), min(float(w), x1 + ox), min(float(h), y1 + oy)]
+            grown_iou.append(float(box_iou(np.asarray([g]), np.asarray([[x0, y0, x1, y1]]))[0, 0]))
+    grown = 100 * float(np.mean(np.asarray(grown_iou) >= iou)) if grown_iou else float("nan")
+    rows = []
+    for name, selected in selections:
+        pairs = np.argwhere(selected)
+        point = pointing_game(cam_peaks(cams, pairs, sizes, resolution=c.resolution), pairs, ds.boxes, sizes)
+        keep = selected[found[:, 0], found[:, 1]]
+        views = grow_boxes(on_grid[keep], found[keep], sizes, offset=c.offset, resolution=c.resolution)
+        area = object_area_in_crop(views, found[keep], ds.boxes, sizes)
+        summary = crop_summary(views, found[keep], ds.boxes, iou=iou)
+        rows += [{"metric": "pointing game (CAM peak inside an object of its class)", "selection": name,
+                  "value": point["hit"], "chance": point["chance"], "n": point["n"]},
+                 {"metric": "object area inside its class's crop", "selection": name, "value": area["share"],
+                  "chance": area["chance"], "n": area["objects"]},
+                 {"metric": f"crop IoU >= {iou:g} with an object of its class (chance: GT boxes grown by the offset)",
+                  "selection": name, "value": summary["on_own_object"], "chance": grown, "n": float(len(views))}]
     return pd.DataFrame(rows)
