@@ -25,26 +25,10 @@ from ccdlib.config import apply_overrides, config_from_dict, load_config, run_co
 from ccdlib.errors import CheckpointError, ConfigError, DatasetError, OutputError
 from ccdlib.teachers import TeacherConfig
 
-#: the module a run looks each step up in (the one a test patches to catch it)
-LOOKED_UP_IN = {"make_context": ccdlib.runs, "load_data": ccdlib.inputs, "get_teacher": ccdlib.context,
-                **{m: ccdlib.methods for m in ("run_ccd", "run_cdul", "run_teacher_global", "run_supervised")}}
+from _guards import LOOKED_UP_IN, _boom, no_expensive_work  # noqa: F401  (a shared fixture)
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*have no positive image:UserWarning"),
               pytest.mark.filterwarnings("ignore:class bias:UserWarning")]
-
-
-def _boom(*args, **kwargs):
-    raise AssertionError("expensive work started before the problem was reported")
-
-
-@pytest.fixture
-def no_expensive_work(monkeypatch):
-    """Every step after config validation fails the test if it is reached."""
-    for name in ("make_context", "load_data", "get_teacher", "run_ccd", "run_cdul", "run_teacher_global",
-                 "run_supervised"):
-        monkeypatch.setattr(LOOKED_UP_IN[name], name, _boom)
-    for method in list(ccdlib.methods.RUNNERS):
-        monkeypatch.setitem(ccdlib.methods.RUNNERS, method, _boom)
 
 
 @pytest.fixture

@@ -35,9 +35,7 @@ from ccdlib.runs import run
 from ccdlib.selection import select_checkpoints
 from ccdlib.trainer import StudentTrainer
 
-#: the module a run looks each step up in (the one a test patches to catch it)
-LOOKED_UP_IN = {"make_context": ccdlib.runs, "load_data": ccdlib.inputs, "get_teacher": ccdlib.context,
-                **{m: ccdlib.methods for m in ("run_ccd", "run_cdul", "run_teacher_global", "run_supervised")}}
+from _guards import LOOKED_UP_IN  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*have no positive image:UserWarning"),
               pytest.mark.filterwarnings("ignore:class bias:UserWarning")]
