@@ -53,10 +53,11 @@ def state_tag(state: dict) -> str | None:
     return entry.get("sha256") if isinstance(entry, dict) else None
 
 
-def check_pair(pt: Path, js: Path, meta: dict, tag: str | None) -> None:
+def check_pair(pt: Path, js: Path, meta: dict, tag: str | None, data: bytes) -> None:
     """Raise :class:`CheckpointError` naming both files unless ``js`` (description ``meta``) was written with
-    ``pt`` (whose state dict records ``tag``): its class list must be the one ``pt`` records, and ``pt`` the file it
-    records. Neither recorded (an older checkpoint): a warning, and the pair is read as it is."""
+    ``pt`` (whose bytes are ``data`` and whose state dict records ``tag``): its class list must be the one ``pt``
+    records, and ``pt`` the file it records. Neither recorded (an older checkpoint): a warning, and the pair is read
+    as it is."""
     ids, recorded = meta.get("class_ids") or [], meta.get("weights_sha256")
     keep = f"keep {pt.name} with the .json written beside it"
     if tag is not None and tag != labels_sha256(meta):
@@ -65,8 +66,7 @@ def check_pair(pt: Path, js: Path, meta: dict, tag: str | None) -> None:
                               f"list and order the weights were saved with (the .json was edited or comes from "
                               f"another checkpoint); {keep}")
     if recorded is not None:
-        with open(pt, "rb") as f:
-            actual = hashlib.file_digest(f, "sha256").hexdigest()
+        actual = weights_sha256(data)
         if actual != recorded:
             raise CheckpointError(f"{js} does not belong with {pt}: it records the weights of another checkpoint "
                                   f"(sha256 {str(recorded)[:12]}..., {pt.name} has {actual[:12]}...); {keep}")

@@ -324,9 +324,10 @@ def _resnet_weights_file(trunk: str, trunk_weights: str | None) -> Path:
         f"Put torchvision's {fname} ({url}) in {hub}/, or pass StudentConfig(trunk_weights='/path/to/{fname}')")
 
 
-def _load_state_file(path: Path, what: str) -> dict:
+def _load_state_file(path: Path, what: str, *, data: bytes | None = None) -> dict:
+    """The state dict in ``path`` (or in ``data``, that file's bytes when the caller has read them)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load raises many types; re-raised with the path
         raise CheckpointError(f"could not read {what} weights {path}: {type(e).__name__}: {str(e)[:300]}") from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -569,7 +570,11 @@ def load_student_checkpoint(path: str | Path, *, expect_num_classes: int | None 
         raise CheckpointError(f"checkpoint {pt} has {num_classes} classes, but {int(expect_num_classes)} were expected")
     if expect_trunk is not None and expect_trunk != trunk:
         raise CheckpointError(f"checkpoint {pt} has trunk {trunk!r}, but {expect_trunk!r} was expected")
-    state = _load_state_file(pt, "student")
+    try:                     # read once: loaded, and hashed against the .json's weights_sha256 (check_pair)
+        data = pt.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"could not read student weights {pt}: {e.strerror or e}") from e
+    state = _load_state_file(pt, "student", data=data)
     tag = state_tag(state)
     try:
         if state_kind == "head":
@@ -580,5 +585,5 @@ def load_student_checkpoint(path: str | Path, *, expect_num_classes: int | None 
             student.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{pt} does not fit a {trunk} student with {num_classes} classes: {str(e)[:300]}") from e
-    check_pair(pt, js, meta, tag)
+    check_pair(pt, js, meta, tag, data)
     return student.eval(), config
