@@ -90,6 +90,8 @@ def test_crop_diagnostics_boxes_each_cam_once_and_matches_per_offset_boxing(monk
     monkeypatch.setattr(label_update, "cam_to_box", lambda *a, **k: calls.append(1) or real(*a, **k))
     got = analysis.crop_diagnostics(state, offsets=(0.0, 2.0, 4.0), grid=2)
     assert asked == [(2.5, ccd.cam_image_size)]                                # issue 22 §4: as run_ccd crops
+    analysis.localisation(state)
+    assert len(asked) == 1 and len(calls) == int((selected | labels.astype(bool)).sum())   # the same boxes, once
     assert len(calls) == int((selected | labels.astype(bool)).sum())          # one per (image, class) of the union
     monkeypatch.setattr(label_update, "cam_to_box", real)
     for name, sel in (("tau", selected), ("ground truth", labels.astype(bool))):

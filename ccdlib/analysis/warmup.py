@@ -2,7 +2,7 @@
 classes it selects, its CAM crops, their pseudo-labels, and where the crops land on the true objects."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -32,6 +32,7 @@ class WarmupState:
     student_probs: np.ndarray     # (N, C) sigmoid outputs after the warm-up
     tau: float                    # the class-selection threshold (method.md §6.1)
     selected: np.ndarray          # (N, C) bool: classes whose CAM gives a crop
+    boxed: tuple | None = field(default=None, repr=False)   # _boxed_cams' result, computed once per state
 
 
 def ccd_warmup(ctx: Context, *, epochs: int | None = None) -> WarmupState:
@@ -177,11 +178,7 @@ def crop_diagnostics(state: WarmupState, *, offsets: Sequence[float] = (0.0, 80.
     ctx, c = state.ctx, state.ctx.cfg.ccd
     ds = ctx.train
     sizes = ctx.image_sizes("train")
-    cams = run_cams(state)
-    selections = (("tau", np.asarray(state.selected, bool)), ("ground truth", ds.labels.astype(bool)))
-    # every (image, class) either selection needs, boxed once on the grid; each offset only grows the boxes
-    on_grid, found = cam_grid_boxes(cams, selections[0][1] | selections[1][1], resolution=c.resolution,
-                                    threshold=c.cam_threshold, box_rule=c.box_rule)
+    _, selections, on_grid, found = _boxed_cams(state)   # each offset only grows the grid boxes
     rows = []
     for name, selected in selections:
         keep = selected[found[:, 0], found[:, 1]]
@@ -209,6 +206,20 @@ def run_cams(state: WarmupState, indices: Sequence[int] | None = None) -> np.nda
                         image_size=c.cam_image_size or state.ctx.cfg.student.image_size)
 
 
+def _boxed_cams(state: WarmupState) -> tuple[np.ndarray, tuple, np.ndarray, np.ndarray]:
+    """``(cams, selections, grid boxes, owners)``: :func:`run_cams`, the two class selections (``"tau"``, ``"ground
+    truth"``) and :func:`~ccdlib.label_update.cam_grid_boxes` of every (image, class) either selects, computed once
+    per state (kept in ``state.boxed``): :func:`crop_diagnostics` and :func:`localisation` read the same ones."""
+    if getattr(state, "boxed", None) is None:
+        c, ds = state.ctx.cfg.ccd, state.ctx.train
+        cams = run_cams(state)
+        selections = (("tau", np.asarray(state.selected, bool)), ("ground truth", ds.labels.astype(bool)))
+        on_grid, found = cam_grid_boxes(cams, selections[0][1] | selections[1][1], resolution=c.resolution,
+                                        threshold=c.cam_threshold, box_rule=c.box_rule)
+        state.boxed = (cams, selections, on_grid, found)
+    return state.boxed
+
+
 def localisation(state: WarmupState, *, iou: float = 0.5) -> pd.DataFrame:
     """How well the warm-up student's CAMs localise, in terms CCD's crop rule can meet (issue 22 §4), on the maps the
     run crops from (:func:`run_cams`). One row per (metric, selection) with ``value``, ``chance`` and ``n``
@@ -224,10 +235,7 @@ def localisation(state: WarmupState, *, iou: float = 0.5) -> pd.DataFrame:
     """
     ctx, c = state.ctx, state.ctx.cfg.ccd
     ds, sizes = ctx.train, ctx.image_sizes("train")
-    cams = run_cams(state)
-    selections = (("tau", np.asarray(state.selected, bool)), ("ground truth", ds.labels.astype(bool)))
-    on_grid, found = cam_grid_boxes(cams, selections[0][1] | selections[1][1], resolution=c.resolution,
-                                    threshold=c.cam_threshold, box_rule=c.box_rule)
+    cams, selections, on_grid, found = _boxed_cams(state)
     # the ground-truth boxes grown by the offset (grid pixels scaled to each image), and their IoU with themselves
     grown_iou = []
     for i, b in enumerate(ds.boxes):
