@@ -95,6 +95,9 @@ class CCDConfig:
     warmup_steps: int = 628         # optimiser steps before the label update: the released 2 epochs of VOC07 trainval
                                     # at batch 16 (2 x 314); ccdlib.schedule rounds it to whole passes
     warmup_epochs: int | None = None  # the same in passes over the split (overrides warmup_steps when given)
+    warmup_rounding: str = "checkpoint"  # warmup_steps -> passes: "checkpoint" (whole checkpoint intervals, so the
+                                    # first checkpoint after the update is a whole interval on updated labels, as in
+                                    # the released run; issue 22) | "pass" (whole passes, the nearest count)
     local_views: bool = True        # the classifier-guided (CAM) label update
     r: float = 0.2
     offset: float = 80.0
@@ -138,6 +141,8 @@ class CCDConfig:
             raise ConfigError(f"ccd.tau_checks must be >= 1, got {self.tau_checks}")
         if self.no_crop not in ("floor", "keep"):
             raise ConfigError(f"ccd.no_crop must be 'floor' or 'keep', got {self.no_crop!r}")
+        if self.warmup_rounding not in ("checkpoint", "pass"):
+            raise ConfigError(f"ccd.warmup_rounding must be 'checkpoint' or 'pass', got {self.warmup_rounding!r}")
         if self.cam_image_size != 0 and self.cam_image_size < 32:
             raise ConfigError(f"ccd.cam_image_size must be 0 (the student's) or >= 32, got {self.cam_image_size}")
         if (self.warmup_epochs is not None and self.warmup_epochs < 0) or self.warmup_steps < 0:

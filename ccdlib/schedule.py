@@ -93,8 +93,12 @@ def training_schedule(cfg, n_train: int, *, batch_size: int | None = None) -> Sc
     - passes = ``epochs`` when given, else ``round(steps / steps_per_pass)`` (at least 1);
     - checkpoints: every pass when ``epochs`` is given, else every ``max(1, round(eval_every_steps / S))`` passes,
       and the last pass;
-    - CCD warm-up: ``ccd.warmup_epochs`` passes when given, else ``round(ccd.warmup_steps / S)``; must leave at
-      least one pass after the update;
+    - CCD warm-up: ``ccd.warmup_epochs`` passes when given; else, with ``ccd.warmup_rounding="checkpoint"``
+      (default), ``ccd.warmup_steps`` rounded to whole checkpoint intervals of ``k`` passes (at least one when
+      ``warmup_steps > 0``), so the
+      update lands on a checkpoint and the next checkpoint is a whole interval on updated labels, as in the released
+      run (VOC07: 2 of 10 epochs); ``"pass"``: ``round(ccd.warmup_steps / S)`` passes. Must leave at least one pass
+      after the update;
     - CDUL alignment: with ``epochs``, ``cdul.ga_every`` or ``cdul.ga_warmup`` given (epochs), the reproduction's
       rule ``(e + 1) > ga_warmup and (e + 1) % ga_every == 0`` (unset: 0 and 10, its ``config.yaml``); else pass ``p`` aligns when it contains step ``m * ga_every_steps`` for some
       ``m`` with ``m * ga_every_steps > ga_warmup_steps`` (on VOC12 at batch 8 both give the same epochs). A warm-up
@@ -109,6 +113,7 @@ def training_schedule(cfg, n_train: int, *, batch_size: int | None = None) -> Sc
     s = math.ceil(n_train / batch_size)
     if cfg.epochs is not None:
         passes = int(cfg.epochs)
+        k = 1
         evals = tuple(range(passes))
     else:
         passes = max(1, _passes(cfg.steps, s))
@@ -117,7 +122,13 @@ def training_schedule(cfg, n_train: int, *, batch_size: int | None = None) -> Sc
     warmup = 0
     if cfg.method == "ccd" and cfg.ccd.local_views:
         c = cfg.ccd
-        warmup = int(c.warmup_epochs) if c.warmup_epochs is not None else _passes(c.warmup_steps, s)
+        if c.warmup_epochs is not None:
+            warmup = int(c.warmup_epochs)
+        elif c.warmup_rounding == "checkpoint":
+            intervals = _passes(c.warmup_steps, k * s)
+            warmup = k * (max(1, intervals) if c.warmup_steps > 0 else 0)
+        else:
+            warmup = _passes(c.warmup_steps, s)
         if warmup >= passes:
             raise ConfigError(f"CCD's warm-up ({warmup} passes = {warmup * s} steps of {s}) must be shorter than the "
                               f"run ({passes} passes = {passes * s} steps): lower ccd.warmup_steps / "

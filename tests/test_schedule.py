@@ -39,8 +39,16 @@ def test_the_defaults_are_the_released_step_counts():
 def test_a_small_split_gets_the_same_steps_not_the_same_epochs():
     s = training_schedule(_cfg(method="ccd"), 320)       # 20 steps per pass
     assert (s.steps_per_pass, s.passes, s.steps) == (20, 157, 3140)
-    assert s.warmup_passes == 31 and s.steps_before_update == 620                 # round(628 / 20) passes
     assert s.eval_passes == tuple(range(15, 157, 16)) + (156,)                    # every round(314/20)=16 passes
+    # issue 22: the warm-up is whole checkpoint intervals (round(628 / 320) = 2 of 16 passes), so the update lands on
+    # checkpoint 2 and checkpoint 3 is a whole interval on updated labels, as the released run's epoch index 2
+    assert s.warmup_passes == 32 and s.steps_before_update == 640
+    assert s.warmup_passes - 1 == s.eval_passes[1] and s.eval_passes[2] - s.eval_passes[1] == 16
+    by_pass = training_schedule(_cfg(method="ccd", ccd_warmup_rounding="pass"), 320)
+    assert by_pass.warmup_passes == 31 and by_pass.steps_before_update == 620     # round(628 / 20) passes
+    assert by_pass.eval_passes[1] == 31 and by_pass.warmup_passes - 1 == 30       # 20 steps before checkpoint 2
+    # a warm-up shorter than half an interval still gets one whole interval
+    assert training_schedule(_cfg(method="ccd", ccd_warmup_steps=40), 320).warmup_passes == 16
     sup = training_schedule(_cfg(method="supervised"), 320)
     assert sup.steps == s.steps and sup.warmup_passes == 0                         # the same budget for every row
 
