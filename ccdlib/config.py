@@ -116,6 +116,11 @@ class CCDConfig:
     cam_alpha: bool = True          # boxes from the alpha-scaled CAM (released: the forward's fw_cam) | the raw CAM
     cam_image_size: int = 640       # student input for the CAMs, class selection and tau (released: the 640 px
                                     # image); 0 = student.image_size. Frozen mode: one extra trunk forward per image
+    views: str = "cam"              # issue 22 controls (ccdlib.view_controls): "cam" (CCD) | "random_boxes" (the same
+                                    # boxes at random positions) | "tiles" (3x3, class-free) | "gt_boxes" (oracle)
+    selection: str = "tau"          # classes that get a CAM box: "tau" (CCD) | "true_classes" | "random_classes" (as
+                                    # many as tau selects) | "top_k" | "all"
+    top_k: int = 0                  # k of selection "top_k"; 0 = the mean number of objects per training image
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.r <= 1.0:
@@ -141,6 +146,13 @@ class CCDConfig:
             raise ConfigError(f"ccd.tau_checks must be >= 1, got {self.tau_checks}")
         if self.no_crop not in ("floor", "keep"):
             raise ConfigError(f"ccd.no_crop must be 'floor' or 'keep', got {self.no_crop!r}")
+        if self.views not in ("cam", "random_boxes", "tiles", "gt_boxes"):
+            raise ConfigError(f"ccd.views must be 'cam', 'random_boxes', 'tiles' or 'gt_boxes', got {self.views!r}")
+        if self.selection not in ("tau", "true_classes", "random_classes", "top_k", "all"):
+            raise ConfigError(f"ccd.selection must be 'tau', 'true_classes', 'random_classes', 'top_k' or 'all', "
+                              f"got {self.selection!r}")
+        if self.top_k < 0:
+            raise ConfigError(f"ccd.top_k must be >= 0 (0: the mean number of objects per image), got {self.top_k}")
         if self.warmup_rounding not in ("checkpoint", "pass"):
             raise ConfigError(f"ccd.warmup_rounding must be 'checkpoint' or 'pass', got {self.warmup_rounding!r}")
         if self.cam_image_size != 0 and self.cam_image_size < 32:
@@ -183,6 +195,8 @@ class CDULConfig:
     ga_warmup: int | None = None    # epochs: no alignment in epochs e with e + 1 <= ga_warmup (config.yaml: 0)
     ga_every: int | None = None     # epochs: align in epochs e with (e + 1) % ga_every == 0 (reproduction: 10)
     batch_size: int = 8             # 0 = student.batch_size
+    initial_labels: str = "aggregate"  # "aggregate" (CDUL: global + tiles) | "ccd" (CCD's debiased global labels, the
+                                    # ccd section's options: the CDUL -> CCD path of issue 22)
 
     def __post_init__(self) -> None:
         if self.grid < 1:
@@ -193,6 +207,8 @@ class CDULConfig:
             raise ConfigError(f"cdul.ga_sigma must be > 0, got {self.ga_sigma}")
         if self.alignment not in ("kl", "bernoulli"):
             raise ConfigError(f"cdul.alignment must be 'kl' or 'bernoulli', got {self.alignment!r}")
+        if self.initial_labels not in ("aggregate", "ccd"):
+            raise ConfigError(f"cdul.initial_labels must be 'aggregate' or 'ccd', got {self.initial_labels!r}")
         if self.student_loss not in ("softmax_kl", "bce"):
             raise ConfigError(f"cdul.student_loss must be 'softmax_kl' or 'bce', got {self.student_loss!r}")
         needed = {"kl": "softmax_kl", "bernoulli": "bce"}[self.alignment]

@@ -8,6 +8,7 @@ row, and the verdicts' robustness to the step budget.
   and a note, measured, where the last checkpoint is more than ``tol`` below the best.
 - :func:`scoring_table` -- each row's seed-averaged mAP under sigmoid, softmax and its reference scoring.
 - :func:`budget_claims` -- :func:`claims_by_rule` at several step budgets.
+- :func:`generalisation_table` -- per row: train mAP against its own labels, against the truth, and test mAP.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from .tables import CLAIMS, SeedRun, _method_key, claims_table, method_label
 
 __all__ = ["LABEL_FREE_RULES", "claims_by_rule", "claim_verdicts", "claims_by_rule_paragraph", "convergence_table",
            "warmup_mechanism_row", "alignment_mechanism_row",
-           "scoring_table", "budget_claims"]
+           "scoring_table", "budget_claims", "generalisation_table"]
 
 #: The rules that read no label at selection time; a claim holds only if it holds under each of them.
 LABEL_FREE_RULES = ("last", "gt_free", "few_label")
@@ -207,3 +208,33 @@ def alignment_mechanism_row(result: Mapping[str, Any], *, ga_every_steps: int | 
     return {"seed": seed, "ga_every_steps": ga_every_steps if ga_every_steps is not None else "off",
             "alignments": int(info.get("alignments") or 0), "labels_mAP": labels.get("mAP"),
             "final_mAP_last": _final(result, "last"), "final_mAP_few_label": _final(result, "few_label")}
+
+
+def generalisation_table(runs: Iterable[SeedRun], *, rule: str = "few_label") -> pd.DataFrame:
+    """Where labels stop turning into test mAP (issue 22 §5): per protocol and trained row, at the checkpoint
+    ``rule`` picks, the means over seeds of ``train_vs_own_labels`` (the student's eval-mode mAP on its training
+    images against its own pseudo-labels thresholded at 0.5: how well it fits them), ``train_vs_truth`` (the same
+    images against their ground truth, which no rule reads), ``test_mAP`` and ``labels_vs_truth`` (the pseudo-labels
+    it trained on last, against the truth), with ``n_seeds``. ``train_vs_truth - test_mAP`` is the student's own
+    generalisation gap; ``labels_vs_truth - train_vs_truth`` what fitting the labels left of them."""
+    from .tables.stages import STAGES
+    acc: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        res = r.result
+        hist = res.get("history") or []
+        if not hist or rule not in res["selected"]:
+            continue
+        h = hist[res["selected"][rule]["epoch"]]
+        quality = res.get("pseudo_label_quality") or {}
+        final = [s for s in STAGES if s in quality]
+        labels_map = quality[final[-1]]["mAP"] if final else (100.0 if res["method"] == "supervised" else np.nan)
+        acc.setdefault((r.protocol, _row_label(res)), []).append(
+            {"train_vs_own_labels": h.get("train_mAP_eval", np.nan), "train_vs_truth": h.get("train_mAP_truth", np.nan),
+             "test_mAP": h["test_mAP"], "labels_vs_truth": labels_map})
+    rows = []
+    for (protocol, row), vals in acc.items():
+        df = pd.DataFrame(vals)
+        rows.append({"protocol": protocol, "row": row, "n_seeds": len(vals), "rule": rule,
+                     **{k: float(df[k].mean()) for k in df.columns}})
+    return pd.DataFrame(rows, columns=["protocol", "row", "n_seeds", "rule", "labels_vs_truth", "train_vs_own_labels",
+                                       "train_vs_truth", "test_mAP"])

@@ -261,7 +261,8 @@ def classifier_guided_label_update(*, y_prev: np.ndarray, student_probs: np.ndar
                                    tau_walk: str = "single_pass", no_crop: str = "floor",
                                    tau_probs: np.ndarray | None = None, tau_checks: int = 50,
                                    batch_size: int | None = None, cache_dir: str | Path | None = None,
-                                   progress: bool = True) -> LabelUpdateResult:
+                                   progress: bool = True, local_views: Callable[[float], tuple] | None = None
+                                   ) -> LabelUpdateResult:
     """method.md §6, end to end. ``y_prev (N, C)`` debiased global labels, ``student_probs (N, C)`` sigmoid outputs,
     ``cams (N, C, h, w)`` or a function of image indices (:data:`CAMSource`, e.g. ``trainer.cams``) ->
     :class:`LabelUpdateResult`. Crops of all images are scored in shared batches. ``tau_probs``: what the threshold
@@ -271,6 +272,10 @@ def classifier_guided_label_update(*, y_prev: np.ndarray, student_probs: np.ndar
     Memory: no crop pixels are held beyond one teacher batch (:func:`~ccdlib.scoring.embed_views` streams); what
     grows with ``N`` is the crop list (``M`` views, ~5 per image), the crop embeddings ``(M, D)`` float32 and, when
     ``cams`` is an array, the CAMs ``(N, C, h, w)`` float32 (pass a function to compute them block by block).
+
+    ``local_views``: a control's views instead of the CAM crops of the ``tau``-selected classes (issue 22 §1,
+    :func:`ccdlib.view_controls.control_views`): called with ``tau``, it returns ``(views, owners (M, 2), keep (M,),
+    info)``; the teacher scores ``views`` and the pooling reads the ``keep`` rows. Everything else is unchanged.
     """
     from .scoring import embed_views
 
@@ -278,18 +283,25 @@ def classifier_guided_label_update(*, y_prev: np.ndarray, student_probs: np.ndar
         tau0 = 0.05 if ls else 0.001
     tau, made = _tau_walk(student_probs if tau_probs is None else tau_probs, tau0=tau0, bound=bound, seed=seed,
                           walk=tau_walk, checks=tau_checks)
-    selected = select_classes(student_probs, tau)
-    crops, owner = cam_boxes(cams, selected, image_sizes, offset=offset, resolution=resolution,
-                             threshold=threshold, box_rule=box_rule)
     n, c = y_prev.shape
+    if local_views is None:
+        selected = select_classes(student_probs, tau)
+        crops, owner = cam_boxes(cams, selected, image_sizes, offset=offset, resolution=resolution,
+                                 threshold=threshold, box_rule=box_rule)
+        keep = np.ones(len(crops), bool)
+        per_image = float(selected.sum(1).mean()) if n else 0.0
+    else:
+        crops, owner, keep, info = local_views(tau)
+        per_image = float(info.get("classes_per_image", float("nan")))
     if crops:
         emb = embed_views(teacher, image_paths, crops, batch_size=batch_size, cache_dir=cache_dir,
-                          progress=progress, desc="CAM crops")
+                          progress=progress, desc="CAM crops" if local_views is None else "control views")
         crop_probs = teacher.predict(emb, classifier).numpy()
     else:
         crop_probs = np.zeros((0, c))
+    if not keep.all():       # a control that scored a superset (every class's CAM crop): its selected rows
+        crops, owner, crop_probs = [v for v, k in zip(crops, keep) if k], owner[keep], crop_probs[keep]
     y_loc, has = local_pseudo_labels(crop_probs, owner[:, 0], n, bias, ls=ls)
     labels = mix_labels(y_prev, y_loc, has, r=r, no_crop=no_crop)
     return LabelUpdateResult(labels=labels, local=y_loc, has_crops=has, tau=tau, crops=crops, crop_owner=owner,
-                             crops_per_image=len(crops) / max(n, 1), tau_checks=made,
-                             classes_per_image=float(selected.sum(1).mean()) if n else 0.0)
+                             crops_per_image=len(crops) / max(n, 1), tau_checks=made, classes_per_image=per_image)

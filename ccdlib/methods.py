@@ -30,6 +30,7 @@ from .selection import resolve_scoring, scores_from_logits, select_checkpoints
 from .student import alpha_for
 from .trainer import StudentTrainer
 from .training_log import TrainingLog
+from .view_controls import control_views
 
 __all__ = ["RunResult", "run_teacher_global", "run_cdul", "run_ccd", "run_supervised", "RUNNERS",
            "train_view_probabilities"]
@@ -160,9 +161,14 @@ def run_cdul(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
     timer = _Timer()
     # 1. global and local (tile) teacher predictions
     p_global = timer("teacher_global", lambda: global_probabilities(ctx, "train"))
-    p_tiles = timer("teacher_tiles", lambda: grid_probabilities(ctx, "train", c.grid))
-    # 2. global-local aggregation
-    y = cdul_initial_pseudo_labels(p_global, p_tiles, theta=c.theta, lam=c.lam)
+    if c.initial_labels == "aggregate":
+        p_tiles = timer("teacher_tiles", lambda: grid_probabilities(ctx, "train", c.grid))
+        # 2. global-local aggregation
+        y = cdul_initial_pseudo_labels(p_global, p_tiles, theta=c.theta, lam=c.lam)
+    else:   # issue 22 §2: CCD's debiased global labels (method.md §4) under CDUL's training and alignment
+        k = cfg.ccd
+        y = ccd_initial_pseudo_labels(p_global, h_max=k.h_max, ls=k.ls or None, debiasing=k.debiasing,
+                                      fallback=k.bias_fallback, class_names=list(ctx.train.class_ids)).labels
     stages = {"global": p_global, "cdul_initial": y}
     # 3. train (softmax + KL as the reproduction, or BCE); in the scheduled passes, after every optimiser step, move
     #    that mini-batch's labels by gradient alignment with its pre-step predictions (method.md §3)
@@ -192,7 +198,7 @@ def run_cdul(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
     info = {"aligned_epochs": list(schedule.align_passes), "aligned_steps": [schedule.step_after(p) for p in
                                                                              schedule.align_passes],
             "alignments": len(schedule.align_passes), "student_loss": c.student_loss,
-            "alignment": c.alignment if c.gradient_alignment else None}
+            "alignment": c.alignment if c.gradient_alignment else None, "initial_labels": c.initial_labels}
     return _finish(ctx, log, method="cdul", stages=stages, info=info, seconds=timer.seconds)
 
 
@@ -235,9 +241,21 @@ def run_ccd(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
         probs = timer("label_update", lambda: 1.0 / (1.0 + np.exp(-trainer.predict_logits(image_size=size))))
         tau_probs = timer("label_update", lambda: train_view_probabilities(trainer)) \
             if c.tau_input == "train_views" else probs
+        cams = lambda idx: trainer.cams(idx, alpha=cam_alpha, image_size=size)   # noqa: E731
+        control = None
+        if (c.views, c.selection) != ("cam", "tau"):      # issue 22 §1: only the local views change
+            control_info: dict[str, Any] = {}
+
+            def control(tau: float) -> tuple:
+                out = control_views(views=c.views, selection=c.selection, probs=probs, tau=tau, cams=cams,
+                                    image_sizes=ctx.image_sizes("train"), offset=c.offset, resolution=c.resolution,
+                                    threshold=c.cam_threshold, box_rule=c.box_rule, seed=cfg.seed,
+                                    labels=ctx.train.labels, boxes=ctx.train.boxes, top_k=c.top_k,
+                                    grid=cfg.cdul.grid)
+                control_info.update(out[3])
+                return out
         upd = timer("label_update", lambda: classifier_guided_label_update(
-            y_prev=y, student_probs=probs, cams=lambda idx: trainer.cams(idx, alpha=cam_alpha, image_size=size),
-            teacher=ctx.teacher,
+            y_prev=y, student_probs=probs, cams=cams, teacher=ctx.teacher, local_views=control,
             classifier=ctx.classifier, image_paths=ctx.train.image_paths, image_sizes=ctx.image_sizes("train"),
             bias=init.bias, ls=c.ls or None, r=c.r, offset=c.offset, resolution=c.resolution,
             threshold=c.cam_threshold, box_rule=c.box_rule, bound=c.bound, seed=cfg.seed,
@@ -249,7 +267,9 @@ def run_ccd(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
         info.update(tau=upd.tau, tau_checks=upd.tau_checks, classes_per_image=upd.classes_per_image,
                     crops=len(upd.crops), crops_per_image=upd.crops_per_image,
                     images_without_crops=int((~upd.has_crops).sum()),
-                    updated_labels_equal_1=int((upd.labels == 1).sum()))
+                    updated_labels_equal_1=int((upd.labels == 1).sum()), views=c.views, selection=c.selection)
+        if control is not None and "k" in control_info:
+            info["top_k"] = control_info["k"]
         if ctx.train.boxes is not None and upd.crops:
             info["crop_summary"] = crop_summary(upd.crops, upd.crop_owner, ctx.train.boxes)
     # 5. the remaining passes, with the consistency loss

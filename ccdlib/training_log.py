@@ -128,7 +128,8 @@ def discard_training_state(state_dir: Path | None) -> None:
 class TrainingLog:
     """Trains (or replays) one pass at a time (:meth:`train_pass`) and keeps the checkpoints of the run's
     :class:`~ccdlib.schedule.Schedule`: ``history`` (one row per checkpoint: ``epoch`` = checkpoint index, ``pass``,
-    ``step``, losses, ``train_mAP_vs_pseudo``, ``test_<metric>`` under the run's scoring rule ``scoring``,
+    ``step``, losses, ``train_mAP_vs_pseudo``, ``train_mAP_truth`` (the training images against their ground truth,
+    which no rule reads), ``test_<metric>`` under the run's scoring rule ``scoring``,
     ``test_mAP_sigmoid``, ``test_mAP_softmax``, ``val_mAP``), ``test_logits`` and ``states`` (the model) per
     checkpoint, and ``pass_rows`` (``pass``, ``step``, losses of every pass: the training curve). Prints one line per
     checkpoint."""
@@ -196,6 +197,7 @@ class TrainingLog:
         # the GT-free rule's train mAP (RunConfig.gt_free_input): "eval" = eval-mode logits vs labels >= 0.5;
         # "released" = the pass's training outputs vs labels == 1, released mAP (train.py, end of the epoch loop)
         map_eval = mean_average_precision(train_logits, hard).map
+        map_truth = mean_average_precision(train_logits, ctx.train.labels).map   # issue 22 §5: generalisation
         map_released = released_code_map(train_scores, (np.asarray(targets) == 1).astype(np.uint8)).map
         train_map = map_released if ctx.cfg.gt_free_input == "released" else map_eval
         test_metrics = evaluate(scores_from_logits(test_logits, self.scoring), ctx.test.labels,
@@ -207,7 +209,7 @@ class TrainingLog:
             val_logits = self.trainer.predict_logits(ctx.val.image_paths)
             val_map = mean_average_precision(scores_from_logits(val_logits, self.scoring), ctx.val.labels).map
         row = {**prow, "epoch": len(self.history), "train_mAP_vs_pseudo": train_map, "train_mAP_eval": map_eval,
-               "train_mAP_released": map_released, **{f"test_{k}": v for k, v in test_metrics.items()}, **maps,
+               "train_mAP_released": map_released, "train_mAP_truth": map_truth, **{f"test_{k}": v for k, v in test_metrics.items()}, **maps,
                "val_mAP": val_map}
         self.history.append(row)
         self.test_logits.append(np.asarray(test_logits, dtype=np.float32))

@@ -15,9 +15,10 @@ unit-tested on hand-made inputs (``tests/test_tables.py``).
 - :class:`SeedRun`, :func:`seeded_main_table`, :func:`protocol_columns`, :func:`seeded_score_table`,
   :func:`seed_values` -- the same over training seeds, with bootstrap intervals.
 - :func:`claims_table`, :func:`claims_paragraph`, :func:`view_and_bias_claims` -- the papers' claims, tested.
+- :func:`view_controls_table`, :func:`path_table` -- issue 22: CCD's view controls and the CDUL -> CCD path.
 
 One module per table family, each importing only the ones above it: ``labels`` (names shared by every
-table), ``main``, ``ablations``, ``stages``, ``params``, ``seeded``, ``claims`` (uses ``seeded``).
+table), ``main``, ``ablations``, ``stages``, ``params``, ``seeded``, ``claims`` and ``mechanisms`` (use ``seeded``).
 Import from ``ccdlib.tables``.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .ablations import Ablation, ablation_grid, ablation_table
 from .claims import CLAIMS, claims_paragraph, claims_table, view_and_bias_claims
 from .labels import MAIN_METRICS, METHOD_LABELS, RULE_LABELS, method_label
 from .labels import _method_key  # noqa: F401  (private, used by ccdlib.fairness and notebook 04)
+from .mechanisms import path_table, view_controls_table
 from .main import (DATASET_COLUMNS, dataset_columns, epoch_curves, main_table, published_numbers,
                    selected_epochs, selection_rules_table)
 from .params import config_params
@@ -40,5 +42,6 @@ __all__ = [
     "epoch_curves", "selected_epochs", "Ablation", "ablation_grid", "ablation_table", "stage_quality_table",
     "per_class_stage_ap", "initial_stage_labels", "load_stage_labels", "flat_config_keys", "config_params",
     "PSEUDO_LABELS_FILE", "SeedRun", "seeded_main_table", "protocol_columns", "CLAIMS", "claims_table",
-    "claims_paragraph", "seeded_score_table", "seed_values", "view_and_bias_claims",
+    "claims_paragraph", "seeded_score_table", "seed_values", "view_and_bias_claims", "view_controls_table",
+    "path_table",
 ]
