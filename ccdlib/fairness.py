@@ -8,6 +8,8 @@ row, and the verdicts' robustness to the step budget.
   and a note, measured, where the last checkpoint is more than ``tol`` below the best.
 - :func:`scoring_table` -- each row's seed-averaged mAP under sigmoid, softmax and its reference scoring.
 - :func:`budget_claims` -- :func:`claims_by_rule` at several step budgets.
+- :func:`cdul_alignment_pick` -- whether a rule picked CDUL's checkpoint before its first alignment, and the
+  same rule among the post-alignment checkpoints.
 - :func:`generalisation_table` -- per row: train mAP against its own labels, against the truth, and test mAP.
 """
 from __future__ import annotations
@@ -23,7 +25,8 @@ from .tables import CLAIMS, SeedRun, _method_key, claims_table, method_label
 
 __all__ = ["LABEL_FREE_RULES", "claims_by_rule", "claim_verdicts", "claims_by_rule_paragraph", "convergence_table",
            "warmup_mechanism_row", "alignment_mechanism_row",
-           "scoring_table", "budget_claims", "generalisation_table"]
+           "scoring_table", "budget_claims", "generalisation_table", "cdul_alignment_pick",
+           "cdul_alignment_picks", "cdul_alignment_note"]
 
 #: The rules that read no label at selection time; a claim holds only if it holds under each of them.
 LABEL_FREE_RULES = ("last", "gt_free", "few_label")
@@ -206,8 +209,39 @@ def alignment_mechanism_row(result: Mapping[str, Any], *, ga_every_steps: int | 
     q = result.get("pseudo_label_quality") or {}
     labels = q.get("cdul_final", q.get("cdul_initial", {}))
     return {"seed": seed, "ga_every_steps": ga_every_steps if ga_every_steps is not None else "off",
-            "alignments": int(info.get("alignments") or 0), "labels_mAP": labels.get("mAP"),
-            "final_mAP_last": _final(result, "last"), "final_mAP_few_label": _final(result, "few_label")}
+            "ga_step": (result.get("config") or {}).get("cdul", {}).get("ga_step"),
+            "alignments": int(info.get("alignments") or 0),
+            "labels_mAP_initial": q.get("cdul_initial", {}).get("mAP"), "labels_mAP": labels.get("mAP"),
+            "label_change_mean": info.get("label_change_mean", 0.0), "label_change_max": info.get("label_change_max", 0.0),
+            "final_mAP_last": _final(result, "last"), "final_mAP_few_label": _final(result, "few_label"),
+            **{k: v for k, v in cdul_alignment_pick(result).items() if k.startswith(("first_", "post_", "pre_"))}}
+
+
+def cdul_alignment_pick(result: Mapping[str, Any], *, rule: str = "few_label") -> dict[str, Any]:
+    """Did ``rule`` pick a CDUL checkpoint before its first gradient alignment (issue 22 §3)? From a finished CDUL
+    run: ``picked_step`` and ``picked_mAP``; ``first_alignment_step`` (the end of the first aligned pass: later
+    checkpoints have trained on aligned labels); ``pre_alignment`` (the pick precedes it, so the row is CDUL without
+    alignment in all but name); ``post_rule_step`` / ``post_rule_mAP``: the same rule among the post-alignment
+    checkpoints only (``few_label``: best few-label validation mAP; ``last``: the last; label-free either way); and
+    ``post_best_mAP``: the best post-alignment test mAP (reads the test labels: an upper bound, not a result)."""
+    info, hist = result.get("info") or {}, result.get("history") or []
+    aligned = info.get("aligned_steps") or []
+    sel = result["selected"].get(rule)
+    nan = float("nan")
+    out = {"rule": rule, "picked_step": sel["step"] if sel else None, "picked_mAP": _final(result, rule) if sel else nan,
+           "first_alignment_step": min(aligned) if aligned else None, "pre_alignment": False,
+           "post_rule_step": None, "post_rule_mAP": nan, "post_best_mAP": nan}
+    if not aligned or not hist or sel is None:
+        return out
+    post = [h for h in hist if h["step"] >= min(aligned)]
+    out["pre_alignment"] = bool(sel["step"] < min(aligned))
+    if post:
+        key = (lambda h: h.get("val_mAP", nan)) if rule == "few_label" else (lambda h: h["step"])
+        vals = [key(h) for h in post]
+        pick = post[int(np.nanargmax(vals))] if np.isfinite(vals).any() else post[-1]
+        out.update(post_rule_step=pick["step"], post_rule_mAP=pick["test_mAP"],
+                   post_best_mAP=max(h["test_mAP"] for h in post))
+    return out
 
 
 def generalisation_table(runs: Iterable[SeedRun], *, rule: str = "few_label") -> pd.DataFrame:
@@ -238,3 +272,30 @@ def generalisation_table(runs: Iterable[SeedRun], *, rule: str = "few_label") ->
                      **{k: float(df[k].mean()) for k in df.columns}})
     return pd.DataFrame(rows, columns=["protocol", "row", "n_seeds", "rule", "labels_vs_truth", "train_vs_own_labels",
                                        "train_vs_truth", "test_mAP"])
+
+
+def cdul_alignment_picks(runs: Iterable[SeedRun], *, rule: str = "few_label") -> pd.DataFrame:
+    """:func:`cdul_alignment_pick` of every CDUL run that aligns (the main table's "CDUL" and its BCE analogue), one
+    row per protocol, row and seed."""
+    rows = []
+    for r in runs:
+        res = r.result
+        if res["method"] != "cdul" or not (res.get("info") or {}).get("aligned_steps"):
+            continue
+        rows.append({"protocol": r.protocol, "row": _row_label(res), "seed": r.seed, **cdul_alignment_pick(res, rule=rule)})
+    return pd.DataFrame(rows)
+
+
+def cdul_alignment_note(picks: pd.DataFrame, *, row: str = "CDUL") -> str:
+    """A caption sentence from :func:`cdul_alignment_picks`: in how many seeds per protocol the rule picked ``row``'s
+    checkpoint before its first alignment, and what the same rule gives among the post-alignment checkpoints."""
+    if picks.empty or not (picks["row"] == row).any():
+        return ""
+    parts = []
+    for protocol, g in picks[picks["row"] == row].groupby("protocol", sort=False):
+        parts.append(f"{protocol}: {int(g['pre_alignment'].sum())} of {len(g)} seeds before its first alignment "
+                     f"(step {int(g['first_alignment_step'].iloc[0])}), mean {g['picked_mAP'].mean():.1f} mAP; the "
+                     f"same rule among its post-alignment checkpoints gives {g['post_rule_mAP'].mean():.1f}")
+    rule = picks["rule"].iloc[0]
+    return (f"The {row} row is the method as published (with gradient alignment); its {rule} checkpoint lies "
+            + "; ".join(parts) + " (table cdul_alignment_picks).")

@@ -195,10 +195,15 @@ def run_cdul(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
             y = labels.copy()
     if c.gradient_alignment:
         stages["cdul_final"] = y
+        moved = np.abs(np.asarray(y, np.float64) - stages["cdul_initial"])   # what the alignments did to the labels
+        info_moved = {"label_change_mean": float(moved.mean()), "label_change_max": float(moved.max())}
+    else:
+        info_moved = {}
     info = {"aligned_epochs": list(schedule.align_passes), "aligned_steps": [schedule.step_after(p) for p in
                                                                              schedule.align_passes],
             "alignments": len(schedule.align_passes), "student_loss": c.student_loss,
-            "alignment": c.alignment if c.gradient_alignment else None, "initial_labels": c.initial_labels}
+            "alignment": c.alignment if c.gradient_alignment else None, "initial_labels": c.initial_labels,
+            **info_moved}
     return _finish(ctx, log, method="cdul", stages=stages, info=info, seconds=timer.seconds)
 
 

@@ -22,12 +22,14 @@ from typing import Any
 from .cache import atomic_write_bytes, atomic_write_text
 
 __all__ = ["Reporter", "save_figure", "save_table", "provenance", "package_versions", "lock_sha256",
-           "CLAIMS_FILE", "COLUMN_FORMATS", "PROVENANCE_KEYS", "made_by_from_params", "made_by_sentence"]
+           "CLAIMS_FILE", "MECHANISMS_FILE", "COLUMN_FORMATS", "PROVENANCE_KEYS", "made_by_from_params", "made_by_sentence"]
 
 LOCK_FILE = Path(__file__).resolve().parents[1] / "requirements.lock"   # what `make setup` installs
 
 #: The claims paragraph notebook 04 writes (``tables.claims_paragraph``); ``reports/README.md`` opens with it.
 CLAIMS_FILE = "tables/claims.md"
+#: Notebook 10's mechanism sentences (issue 22), written from its tables; the index puts them after the claims.
+MECHANISMS_FILE = "tables/mechanisms.md"
 
 #: What every saved table and figure must say made it (issue 17 §2). A key that does not apply is given as text
 #: saying so (``rule="none (no training)"``), never left out.
@@ -200,6 +202,13 @@ class Reporter:
         self._record("table", name, [str(f.relative_to(self.out_dir)) for f in files], caption,
                      {**extra, "made_by": m})
         return files
+
+    def save_mechanisms(self, text: str) -> Path:
+        """Write the mechanism sentences (Markdown) to :data:`MECHANISMS_FILE`; the index shows them after the claims."""
+        p = self.out_dir / MECHANISMS_FILE
+        p.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(p, text)
+        return p
 
     def save_claims(self, text: str) -> Path:
         """Write the claims paragraph (Markdown) to :data:`CLAIMS_FILE`; :func:`build_index` puts it at the top."""

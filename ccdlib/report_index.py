@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .cache import atomic_write_text
-from .report import CLAIMS_FILE, COLUMN_FORMATS, _missing, git_commit, lock_sha256, made_by_sentence, package_versions
+from .report import CLAIMS_FILE, MECHANISMS_FILE, COLUMN_FORMATS, _missing, git_commit, lock_sha256, made_by_sentence, package_versions
 
 __all__ = ["build_index", "markdown_to_html", "MAIN_RESULT"]
 
@@ -106,7 +106,8 @@ def _html_entry(reports: Path, key: str, e: dict) -> str:
 
 
 def _claims_text(reports: Path) -> str:
-    """The claims paragraph of notebook 04 with the view-dependency and class-bias claims of notebooks 01, 02."""
+    """The claims paragraph of notebook 04 with the view-dependency and class-bias claims of notebooks 01, 02, then
+    notebook 10's mechanism sentences."""
     claims = reports / CLAIMS_FILE
     if not claims.exists():
         return ""
@@ -115,6 +116,9 @@ def _claims_text(reports: Path) -> str:
     text = claims.read_text().strip()
     if extra:
         text = "\n".join([text.replace(_SEE_01_02, "").rstrip(), *extra])
+    mech = reports / MECHANISMS_FILE          # notebook 10: why, against controls (issue 22)
+    if mech.exists():
+        text = "\n\n".join([text, mech.read_text().strip()])
     return text
 
 

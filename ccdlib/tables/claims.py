@@ -18,7 +18,7 @@ CLAIMS: tuple[tuple[str, str, str], ...] = (
      "teacher_global"),
     ("CDUL's local tiles beat the global view (CDUL's student vs the student on global labels)", "cdul", "teacher_global"),
     ("CCD beats CDUL", "ccd", "cdul"),
-    ("CCD beats CDUL without gradient alignment", "ccd", "cdul_no_ga"),
+    ("CDUL's gradient alignment improves CDUL (CDUL vs CDUL without it)", "cdul", "cdul_no_ga"),
     ("the student beats its teacher (CCD vs the teacher's zero-shot prediction)", "ccd", "zero_shot"),
     ("the supervised bound beats CCD (the room left)", "supervised", "ccd"),
 )
