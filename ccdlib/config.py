@@ -550,7 +550,8 @@ NOTEBOOK_PARAMETERS = frozenset({
     "out_dir", "force", "n_examples", "grids", "view_split", "around_fraction", "example_index", "local_grid",
     "example_indices", "max_cams", "ablation_switches", "ablation_r", "ablation_offset", "ablation_bound",
     "ablation_box_rule", "seeds", "stamp_protocols", "n_bootstrap", "budget_factors", "warmup_steps_grid",
-    "ga_every_grid", "mechanism_seeds", "protocol_seeds", "ablation_seeds"})
+    "ga_every_grid", "mechanism_seeds", "protocol_seeds", "ablation_seeds", "budget_seeds", "ga_step_grid",
+    "control_protocols", "path_protocols", "view_controls"})
 
 
 def flat_to_nested(params: dict[str, Any]) -> dict:

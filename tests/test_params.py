@@ -23,7 +23,8 @@ PARAMS = sorted((NOTEBOOKS / "params").glob("*.yaml"))
 NOTEBOOK_KEYS = {"out_dir", "n_examples", "force", "ablation_switches", "ablation_r", "ablation_offset",
                  "ablation_bound", "ablation_box_rule", "seeds", "stamp_protocols", "n_bootstrap", "view_split",
                  "budget_factors", "warmup_steps_grid", "ga_every_grid", "mechanism_seeds", "protocol_seeds",
-                 "ablation_seeds"}
+                 "ablation_seeds", "budget_seeds", "ga_step_grid", "control_protocols", "path_protocols",
+                 "view_controls"}
 
 #: Parameter names shared by all notebooks (a notebook that uses one of these settings uses this name).
 SHARED = {"out_dir", "cache_dir", "data_kind", "data_root", "data_n_train", "data_n_test", "teacher_backend",

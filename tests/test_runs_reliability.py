@@ -441,6 +441,9 @@ BAD = {   # every flat parameter -> a value it must refuse (out of range where t
     "data_few_label_seed": -1, "student_aug_pool_seed": -1,
     # issue 16: precision options
     "student_head_dtype": "float16", "teacher_dtype": "half",
+    # issue 22: the warm-up in checkpoint intervals, the view controls, CDUL on CCD's initial labels
+    "ccd_warmup_rounding": "epoch", "ccd_views": "crops", "ccd_selection": "some", "ccd_top_k": -1,
+    "cdul_initial_labels": "clip",
 }
 
 
