@@ -220,7 +220,7 @@ class Reporter:
 
 #: Columns shown with more digits than ``floatfmt`` wherever a table is rendered (Markdown and index.html): tau, the
 #: class-selection threshold, is ~0.09 and one decimal would hide the quantity studied (issue 23).
-COLUMN_FORMATS = {"tau": ".3f"}
+COLUMN_FORMATS = {"tau": ".3f", "label_change_mean": ".4f", "label_change_max": ".3f"}   # CDUL's labels barely move
 
 
 def to_markdown(df, *, floatfmt: str = ".1f", index: bool = False) -> str:

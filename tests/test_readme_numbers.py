@@ -84,3 +84,34 @@ def test_notebook_counts():
     for name in ("README.md", "benchmarks/README.md"):
         counts = {int(c) for c in re.findall(r"(\d+) notebooks", _readme(name))}
         assert counts <= {n}, (name, counts, n)
+
+
+@pytest.mark.skipif(not (TABLES / "view_controls.csv").exists(), reason="no committed reports")
+def test_mechanism_numbers_are_notebook_10s_tables():
+    """The README's "Why CCD wins" paragraph is tables.mechanism_summary of the committed CSVs, and the numbers of
+    the sentences after it are those tables' rows (issue 22)."""
+    from ccdlib.tables import mechanism_summary
+    vc, path = pd.read_csv(TABLES / "view_controls.csv"), pd.read_csv(TABLES / "cdul_to_ccd_path.csv")
+    text = _readme()
+    assert mechanism_summary(vc, path) in text
+    d = vc.set_index("key")
+    for key, words in (("random_boxes", "random positions cost {}"), ("tiles", "pooled CCD's way {}"),
+                       ("true_classes", "(3 views per image) cost {}"), ("gt_boxes", "3 views per image) cost {}"),
+                       ("random_classes", "(10 views) cost only {}"), ("all_classes", "(16 views) gains {}")):
+        assert words.format(f"{abs(d.loc[key, 'diff_vs_ccd']):.1f}") in text, key
+        assert d.loc[key, "diff_hi"] < 0 or d.loc[key, "diff_lo"] > 0, key         # each one is resolved
+    assert (d.loc[["random_boxes", "tiles", "true_classes", "gt_boxes", "top_k", "random_classes"], "diff_hi"] < 0).all()
+    assert d.loc["all_classes", "diff_lo"] > 0
+    assert f"selects ~{d.loc['ccd', 'classes_per_image']:.0f} of the 16 classes" in text
+    step = pd.read_csv(TABLES / "cdul_alignment_step.csv").set_index("ga_step")
+    assert f"by {step.loc[1.0, 'label_change_mean']:.4f} on average" in text
+    assert f"at most {step.loc[1.0, 'label_change_max']:.3f}" in text
+    assert f"costs them {step.loc[1.0, 'labels_mAP'] - step.loc[100.0, 'labels_mAP']:.0f}" in text
+    picks = pd.read_csv(TABLES / "cdul_alignment_picks.csv")
+    cdul = picks[picks["row"] == "CDUL"].groupby("protocol")["pre_alignment"].agg(["sum", "count"])
+    assert (f"in {cdul.loc['shared', 'sum']} of {cdul.loc['shared', 'count']} shared and "
+            f"{cdul.loc['disjoint', 'sum']} of {cdul.loc['disjoint', 'count']} disjoint seeds") in text
+    gen = pd.read_csv(TABLES / "generalisation.csv").set_index(["protocol", "row"])
+    ccd, sup = gen.loc[("disjoint", "CCD")], gen.loc[("disjoint", "supervised (upper bound)")]
+    assert (f"reach {ccd['train_vs_truth']:.1f} mAP against their truth but its test images {ccd['test_mAP']:.1f} "
+            f"(supervised: {sup['train_vs_truth']:.0f} and {sup['test_mAP']:.1f}") in text

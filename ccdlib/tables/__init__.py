@@ -28,7 +28,7 @@ from .ablations import Ablation, ablation_grid, ablation_table
 from .claims import CLAIMS, claims_paragraph, claims_table, view_and_bias_claims
 from .labels import MAIN_METRICS, METHOD_LABELS, RULE_LABELS, method_label
 from .labels import _method_key  # noqa: F401  (private, used by ccdlib.fairness and notebook 04)
-from .mechanisms import mechanism_paragraph, path_table, view_controls_table
+from .mechanisms import mechanism_paragraph, mechanism_summary, path_table, view_controls_table
 from .main import (DATASET_COLUMNS, dataset_columns, epoch_curves, main_table, published_numbers,
                    selected_epochs, selection_rules_table)
 from .params import config_params
@@ -43,5 +43,5 @@ __all__ = [
     "per_class_stage_ap", "initial_stage_labels", "load_stage_labels", "flat_config_keys", "config_params",
     "PSEUDO_LABELS_FILE", "SeedRun", "seeded_main_table", "protocol_columns", "CLAIMS", "claims_table",
     "claims_paragraph", "seeded_score_table", "seed_values", "view_and_bias_claims", "view_controls_table",
-    "path_table", "mechanism_paragraph",
+    "path_table", "mechanism_paragraph", "mechanism_summary",
 ]

@@ -161,3 +161,32 @@ def mechanism_paragraph(controls: pd.DataFrame, path: pd.DataFrame) -> str:
                 out.append(f"- {r['switch']}: {_signed(r['step_diff'], r['diff_lo'], r['diff_hi'])}{share}; it "
                            f"{_verdict(r['diff_lo'], r['diff_hi'])} the mAP.")
     return "\n".join(out) + "\n"
+
+
+#: Short names of the controls and the path's switches for :func:`mechanism_summary`.
+SHORT = {"random_boxes": "the same boxes at random positions", "tiles": "3x3 tiles", "true_classes": "the true classes",
+         "random_classes": "as many random classes", "top_k": "the top-k classes", "all_classes": "every class",
+         "gt_boxes": "ground-truth boxes", "loss": "loss", "batch": "mini-batch", "initial_labels": "initial labels",
+         "label_update": "label update", "consistency": "consistency"}
+
+
+def mechanism_summary(controls: pd.DataFrame, path: pd.DataFrame) -> str:
+    """One compact paragraph of both tables for the project README (``tests/test_readme_numbers.py`` regenerates it
+    from the committed CSVs and finds it there): per protocol, control - CCD and each path step, ``+d [lo, hi]``."""
+    out = []
+    for protocol in dict.fromkeys([*controls.get("protocol", []), *path.get("protocol", [])]):
+        vc = controls[(controls["protocol"] == protocol) & (controls["key"] != "ccd")] if len(controls) else controls
+        if len(vc):
+            n = int(vc["n_seeds"].min())
+            out.append(f"{protocol} stamps ({_seeds(n)}), control - CCD: " + "; ".join(
+                f"{SHORT.get(r['key'], r['key'])} {_signed(r['diff_vs_ccd'], r['diff_lo'], r['diff_hi'])}"
+                for _, r in vc.iterrows()) + ".")
+        pa = path[path["protocol"] == protocol] if len(path) else path
+        if len(pa) > 1:
+            last = pa.iloc[-1]
+            out.append(f"{protocol} stamps ({_seeds(last['n_seeds'])}), CDUL {pa.iloc[0]['mAP']:.1f} -> CCD "
+                       f"{last['mAP']:.1f}, step by step: " + "; ".join(
+                           f"{SHORT.get(r['key'], r['key'])} {_signed(r['step_diff'], r['diff_lo'], r['diff_hi'])}"
+                           for _, r in pa.iloc[1:].iterrows()) +
+                       f" (whole gap {_signed(last['from_start'], last['from_start_lo'], last['from_start_hi'])}).")
+    return " ".join(out)
