@@ -69,6 +69,13 @@ def test_view_controls_are_paired_against_ccd_and_the_sentences_are_the_rows():
     assert f"- tiles (placement; 9.0 views per image, local labels 64.0): {r['diff_vs_ccd']:+.1f} [{r['diff_lo']:+.1f}" in text
     assert "- loss: +8.0 [+6.0, +10.0] (100 % of the gap); it raises the mAP." in text
     assert "(2 seeds; CCD" in text and "gap of +8.0 [+6.0, +10.0]" in text
+    lines = text.splitlines()             # each bold header a paragraph of its own, its bullets a list of their own
+    for i, line in enumerate(lines):
+        if line.startswith("**"):
+            assert (i == 0 or lines[i - 1] == "") and lines[i + 1] == "", line
+    from ccdlib.report_index import markdown_to_html
+    html = markdown_to_html(text)
+    assert html.count("<ul>") == 2 and html.count("<p><strong>") == 2
 
 
 def test_cdul_pick_before_its_first_alignment():

@@ -139,9 +139,11 @@ def mechanism_paragraph(controls: pd.DataFrame, path: pd.DataFrame) -> str:
         vc = controls[controls["protocol"] == protocol] if len(controls) else controls
         if len(vc):
             ref = vc[vc["key"] == "ccd"].iloc[0]
+            out.append("")   # a blank line before and after a header: its own paragraph in Markdown
             out.append(f"**View controls, {protocol} stamps** ({_seeds(ref['n_seeds'])}; CCD {ref['mAP']:.1f} mAP, "
                        f"its local labels {ref['local_label_mAP']:.1f} mAP on the training images, "
                        f"{ref['views_per_image']:.1f} views per image). Control - CCD, test mAP [95 % paired CI]:")
+            out.append("")
             for _, r in vc[vc["key"] != "ccd"].iterrows():
                 out.append(f"- {r['control']} ({r['controls']}; {r['views_per_image']:.1f} views per image, local "
                            f"labels {r['local_label_mAP']:.1f}): {_signed(r['diff_vs_ccd'], r['diff_lo'], r['diff_hi'])}"
@@ -151,16 +153,18 @@ def mechanism_paragraph(controls: pd.DataFrame, path: pd.DataFrame) -> str:
             first, last = pa.iloc[0], pa.iloc[-1]
             gap = last["from_start"]
             resolved = last["from_start_lo"] > 0 or last["from_start_hi"] < 0
+            out.append("")   # a blank line before and after a header: its own paragraph in Markdown
             out.append(f"**From CDUL to CCD, {protocol} stamps** ({_seeds(last['n_seeds'])}): {first['mAP']:.1f} -> "
                        f"{last['mAP']:.1f} mAP, a gap of {_signed(gap, last['from_start_lo'], last['from_start_hi'])}. "
                        "Each switch, step - previous step [95 % paired CI]" +
                        (" and its share of the gap:" if resolved else " (the gap itself is not resolved, so no "
                         "shares):"))
+            out.append("")
             for _, r in pa.iloc[1:].iterrows():
                 share = f" ({100 * r['step_diff'] / gap:.0f} % of the gap)" if resolved else ""
                 out.append(f"- {r['switch']}: {_signed(r['step_diff'], r['diff_lo'], r['diff_hi'])}{share}; it "
                            f"{_verdict(r['diff_lo'], r['diff_hi'])} the mAP.")
-    return "\n".join(out) + "\n"
+    return "\n".join(out).strip("\n") + "\n"
 
 
 #: Short names of the controls and the path's switches for :func:`mechanism_summary`.
