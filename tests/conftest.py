@@ -38,3 +38,14 @@ def small_mosaic_root(source, tmp_path_factory):
     from ccdlib import mosaic
     return mosaic.build_mosaics(tmp_path_factory.mktemp("data") / "mosaic", n_train=16, n_test=8, seed=0,
                                 source=source, progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's run-level tests (``pytestmark = pytest.mark.usefixtures("one_thread")``): the
+    tiny runs are faster so, and their timings do not depend on the machine's core count."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

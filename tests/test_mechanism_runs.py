@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from ccdlib import run_config_from_params
 from ccdlib.context import make_context
@@ -15,12 +14,7 @@ from ccdlib.methods import RUNNERS
 from ccdlib.view_controls import mean_objects_per_image
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: one torch thread for the module
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,8 @@ from ccdlib.views import image_size
 
 # 16 or 8 mosaics need not show all 16 classes: read_voc warns about that (its own test is below).
 pytestmark = [pytest.mark.filterwarnings("ignore:.*have no positive image:UserWarning"),
-              pytest.mark.filterwarnings("ignore:class bias:UserWarning")]   # never-top-1 classes in 16 images
+              pytest.mark.filterwarnings("ignore:class bias:UserWarning"),
+              pytest.mark.usefixtures("one_thread")]   # never-top-1 classes in 16 images
 
 N_TRAIN, N_TEST = 16, 8
 
@@ -71,12 +72,6 @@ def shared_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("shared_cache")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _cfg(root: Path, tmp: Path, **kw):

@@ -38,7 +38,8 @@ from ccdlib.trainer import StudentTrainer
 from _guards import LOOKED_UP_IN  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*have no positive image:UserWarning"),
-              pytest.mark.filterwarnings("ignore:class bias:UserWarning")]
+              pytest.mark.filterwarnings("ignore:class bias:UserWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 N_TRAIN, N_TEST = 16, 8
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -52,12 +53,6 @@ def _boom(*args, **kwargs):
     raise AssertionError("expensive work started before the problem was reported")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
