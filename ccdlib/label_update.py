@@ -13,7 +13,7 @@ Steps, one function each:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
@@ -250,6 +250,7 @@ class LabelUpdateResult:
     crops_per_image: float
     tau_checks: int = 0       # threshold checks the walk made
     classes_per_image: float = 0.0   # mean number of selected classes (sigmoid >= tau on the CAM pass)
+    control: dict = field(default_factory=dict)   # a control's info (``local_views``'s fourth item; e.g. ``k``)
 
 
 def classifier_guided_label_update(*, y_prev: np.ndarray, student_probs: np.ndarray, cams: CAMSource,
@@ -290,6 +291,7 @@ def classifier_guided_label_update(*, y_prev: np.ndarray, student_probs: np.ndar
                                  threshold=threshold, box_rule=box_rule)
         keep = np.ones(len(crops), bool)
         per_image = float(selected.sum(1).mean()) if n else 0.0
+        info: dict = {}
     else:
         crops, owner, keep, info = local_views(tau)
         per_image = float(info.get("classes_per_image", float("nan")))
@@ -304,4 +306,5 @@ def classifier_guided_label_update(*, y_prev: np.ndarray, student_probs: np.ndar
     y_loc, has = local_pseudo_labels(crop_probs, owner[:, 0], n, bias, ls=ls)
     labels = mix_labels(y_prev, y_loc, has, r=r, no_crop=no_crop)
     return LabelUpdateResult(labels=labels, local=y_loc, has_crops=has, tau=tau, crops=crops, crop_owner=owner,
-                             crops_per_image=len(crops) / max(n, 1), tau_checks=made, classes_per_image=per_image)
+                             crops_per_image=len(crops) / max(n, 1), tau_checks=made, classes_per_image=per_image,
+                             control=dict(info))

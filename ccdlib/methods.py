@@ -249,16 +249,11 @@ def run_ccd(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
         cams = lambda idx: trainer.cams(idx, alpha=cam_alpha, image_size=size)   # noqa: E731
         control = None
         if (c.views, c.selection) != ("cam", "tau"):      # issue 22 §1: only the local views change
-            control_info: dict[str, Any] = {}
-
-            def control(tau: float) -> tuple:
-                out = control_views(views=c.views, selection=c.selection, probs=probs, tau=tau, cams=cams,
-                                    image_sizes=ctx.image_sizes("train"), offset=c.offset, resolution=c.resolution,
-                                    threshold=c.cam_threshold, box_rule=c.box_rule, seed=cfg.seed,
-                                    labels=ctx.train.labels, boxes=ctx.train.boxes, top_k=c.top_k,
-                                    grid=cfg.cdul.grid)
-                control_info.update(out[3])
-                return out
+            control = lambda tau: control_views(  # noqa: E731
+                views=c.views, selection=c.selection, probs=probs, tau=tau, cams=cams,
+                image_sizes=ctx.image_sizes("train"), offset=c.offset, resolution=c.resolution,
+                threshold=c.cam_threshold, box_rule=c.box_rule, seed=cfg.seed, labels=ctx.train.labels,
+                boxes=ctx.train.boxes, top_k=c.top_k, grid=cfg.cdul.grid)
         upd = timer("label_update", lambda: classifier_guided_label_update(
             y_prev=y, student_probs=probs, cams=cams, teacher=ctx.teacher, local_views=control,
             classifier=ctx.classifier, image_paths=ctx.train.image_paths, image_sizes=ctx.image_sizes("train"),
@@ -273,8 +268,8 @@ def run_ccd(cfg: RunConfig, ctx: Context | None = None) -> RunResult:
                     crops=len(upd.crops), crops_per_image=upd.crops_per_image,
                     images_without_crops=int((~upd.has_crops).sum()),
                     updated_labels_equal_1=int((upd.labels == 1).sum()), views=c.views, selection=c.selection)
-        if control is not None and "k" in control_info:
-            info["top_k"] = control_info["k"]
+        if "k" in upd.control:
+            info["top_k"] = upd.control["k"]
         if ctx.train.boxes is not None and upd.crops:
             info["crop_summary"] = crop_summary(upd.crops, upd.crop_owner, ctx.train.boxes)
     # 5. the remaining passes, with the consistency loss

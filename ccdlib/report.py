@@ -22,7 +22,8 @@ from typing import Any
 from .cache import atomic_write_bytes, atomic_write_text
 
 __all__ = ["Reporter", "save_figure", "save_table", "provenance", "package_versions", "lock_sha256",
-           "CLAIMS_FILE", "MECHANISMS_FILE", "COLUMN_FORMATS", "PROVENANCE_KEYS", "made_by_from_params", "made_by_sentence"]
+           "CLAIMS_FILE", "MECHANISMS_FILE", "COLUMN_FORMATS", "PROVENANCE_KEYS", "made_by_from_params",
+           "made_by_sentence"]
 
 LOCK_FILE = Path(__file__).resolve().parents[1] / "requirements.lock"   # what `make setup` installs
 
@@ -203,19 +204,19 @@ class Reporter:
                      {**extra, "made_by": m})
         return files
 
-    def save_mechanisms(self, text: str) -> Path:
-        """Write the mechanism sentences (Markdown) to :data:`MECHANISMS_FILE`; the index shows them after the claims."""
-        p = self.out_dir / MECHANISMS_FILE
+    def _save_text(self, rel: str, text: str) -> Path:
+        p = self.out_dir / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(p, text)
         return p
 
+    def save_mechanisms(self, text: str) -> Path:
+        """Write notebook 10's mechanism sentences (Markdown) to :data:`MECHANISMS_FILE` (shown after the claims)."""
+        return self._save_text(MECHANISMS_FILE, text)
+
     def save_claims(self, text: str) -> Path:
         """Write the claims paragraph (Markdown) to :data:`CLAIMS_FILE`; :func:`build_index` puts it at the top."""
-        p = self.out_dir / CLAIMS_FILE
-        p.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(p, text)
-        return p
+        return self._save_text(CLAIMS_FILE, text)
 
 
 #: Columns shown with more digits than ``floatfmt`` wherever a table is rendered (Markdown and index.html): tau, the

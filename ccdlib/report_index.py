@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from .cache import atomic_write_text
-from .report import CLAIMS_FILE, MECHANISMS_FILE, COLUMN_FORMATS, _missing, git_commit, lock_sha256, made_by_sentence, package_versions
+from .report import (CLAIMS_FILE, COLUMN_FORMATS, MECHANISMS_FILE, _missing, git_commit, lock_sha256,
+                     made_by_sentence, package_versions)
 
 __all__ = ["build_index", "markdown_to_html", "MAIN_RESULT"]
 

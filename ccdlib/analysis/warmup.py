@@ -17,6 +17,7 @@ from ..label_update import (cam_boxes, cam_grid_boxes, cam_to_box, grow_boxes, l
 from ..pseudolabels import CCDInitialLabels, ccd_initial_pseudo_labels
 from ..student import alpha_for
 from ..trainer import StudentTrainer
+from ..view_controls import object_views
 from ..views import Box, View, grid_views
 
 
@@ -236,14 +237,11 @@ def localisation(state: WarmupState, *, iou: float = 0.5) -> pd.DataFrame:
     ctx, c = state.ctx, state.ctx.cfg.ccd
     ds, sizes = ctx.train, ctx.image_sizes("train")
     cams, selections, on_grid, found = _boxed_cams(state)
-    # the ground-truth boxes grown by the offset (grid pixels scaled to each image), and their IoU with themselves
-    grown_iou = []
-    for i, b in enumerate(ds.boxes):
-        w, h = sizes[i]
-        for _, x0, y0, x1, y1 in np.asarray(b, dtype=np.float64).reshape(-1, 5):
-            ox, oy = c.offset * w / c.resolution, c.offset * h / c.resolution
-            g = [max(0.0, x0 - ox), max(0.0, y0 - oy), min(float(w), x1 + ox), min(float(h), y1 + oy)]
-            grown_iou.append(float(box_iou(np.asarray([g]), np.asarray([[x0, y0, x1, y1]]))[0, 0]))
+    # the ground-truth boxes grown by the offset (the oracle control's views), and their IoU with themselves
+    grown_views, _ = object_views(ds.boxes, sizes, offset=c.offset, resolution=c.resolution)
+    objects = np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1, 5)[:, 1:] for b in ds.boxes]) \
+        if grown_views else np.zeros((0, 4))
+    grown_iou = [float(box_iou(np.asarray([v.box]), o[None])[0, 0]) for v, o in zip(grown_views, objects)]
     grown = 100 * float(np.mean(np.asarray(grown_iou) >= iou)) if grown_iou else float("nan")
     rows = []
     for name, selected in selections:
